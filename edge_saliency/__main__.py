@@ -1,0 +1,5 @@
+import sys
+
+from edge_saliency.cli import main
+
+sys.exit(main())

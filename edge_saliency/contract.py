@@ -1,0 +1,34 @@
+"""The ONNX contract between the export (torch) and the device runtime (no torch).
+
+One file per model. Input ``image``: uint8 [N, H, W, 3] BGR, already resized. Outputs by name
+below; metadata in ``metadata_props`` as JSON values under keys prefixed ``edge_saliency.``.
+"""
+from __future__ import annotations
+
+import json
+
+INPUT = "image"
+CLASS_INPUT = "class_index"  # optional [N] int64; a negative value means "top-1"
+LOGITS = "logits"
+TARGET = "target_class"
+SMOE = "smoe"
+SMOE_SCALES = "smoe_scales"
+RECIPRO = "recipro_cam"
+OUTPUTS = (LOGITS, TARGET, SMOE, SMOE_SCALES, RECIPRO)
+
+METHODS = ("smoe", "recipro")
+METHOD_OUTPUTS = {"smoe": (SMOE, SMOE_SCALES), "recipro": (RECIPRO,)}
+
+PREFIX = "edge_saliency."
+CONTRACT_VERSION = 1
+KEYS = ("version", "arch", "labels", "input", "scales", "methods", "smoe", "recipro", "export")
+
+
+def encode_metadata(meta: dict) -> dict[str, str]:
+    """{'labels': [...], ...} -> {'edge_saliency.labels': '[...]', ...}"""
+    return {PREFIX + k: json.dumps(v) for k, v in meta.items()}
+
+
+def decode_metadata(props: dict[str, str]) -> dict:
+    """Inverse of encode_metadata; ignores keys of other tools."""
+    return {k[len(PREFIX):]: json.loads(v) for k, v in props.items() if k.startswith(PREFIX)}

@@ -1,0 +1,228 @@
+"""Open an edge-saliency ONNX file with ONNX Runtime and turn frames into results.
+
+    model = SaliencyModel("efficientnet_lite0.onnx", provider="auto", threads=2)
+    result = model.predict(frame_bgr)          # any size; resized here, the graph does the rest
+    result.label, result.score, result.smoe, result.recipro_cam, result.smoe_scales
+
+No torch is imported here or anywhere in edge_saliency.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from edge_saliency import contract, providers
+from edge_saliency.errors import UserError
+
+log = logging.getLogger("edge_saliency")
+
+DEFAULT_ARCH = "efficientnet_lite0"
+
+
+@dataclass
+class ModelInfo:
+    """What the runtime reads from the file's metadata."""
+
+    arch: str
+    labels: list[str]
+    input_size: tuple[int, int]  # (h, w)
+    methods: list[str]
+    scales: list[dict]
+    raw: dict = field(repr=False, default_factory=dict)
+
+    @property
+    def scale_names(self) -> list[str]:
+        return [s.get("layer", f"scale{i}") for i, s in enumerate(self.scales)]
+
+
+@dataclass
+class Result:
+    """One frame's prediction and maps (maps at the graph's resolution, float32 in [0, 1])."""
+
+    class_index: int
+    label: str
+    score: float  # softmax probability of class_index
+    topk: list[tuple[str, float]]
+    logits: np.ndarray
+    smoe: np.ndarray | None = None  # [h, w]
+    smoe_scales: np.ndarray | None = None  # [S, h, w]
+    recipro_cam: np.ndarray | None = None  # [h', w']
+    timings: dict[str, float] = field(default_factory=dict)  # seconds
+
+    def map(self, name: str) -> np.ndarray | None:
+        """'smoe' | 'recipro' | 'fastcam' (SMOE x Recipro-CAM at SMOE's resolution)."""
+        if name == "smoe":
+            return self.smoe
+        if name == "recipro":
+            return self.recipro_cam
+        if name == "fastcam":
+            if self.smoe is None or self.recipro_cam is None:
+                return self.smoe if self.recipro_cam is None else self.recipro_cam
+            h, w = self.smoe.shape
+            rc = cv2.resize(self.recipro_cam, (w, h), interpolation=cv2.INTER_LINEAR)
+            return self.smoe * rc
+        raise KeyError(name)
+
+
+def _softmax(x: np.ndarray) -> np.ndarray:
+    e = np.exp(x - x.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def read_model_info(meta: dict, path: str) -> ModelInfo:
+    missing = [k for k in ("labels", "input", "methods") if k not in meta]
+    if missing:
+        raise UserError(
+            f"{path} is not an edge-saliency model (no edge_saliency.{missing[0]} metadata); "
+            "make one with `edge-saliency export`"
+        )
+    if int(meta.get("version", 0)) > contract.CONTRACT_VERSION:
+        raise UserError(f"{path} uses contract version {meta['version']}; this runtime reads up to {contract.CONTRACT_VERSION}: upgrade edge-saliency")
+    size = meta["input"].get("size")
+    return ModelInfo(
+        arch=str(meta.get("arch", "unknown")), labels=list(meta["labels"]),
+        input_size=(int(size[0]), int(size[1])), methods=list(meta["methods"]),
+        scales=list(meta.get("scales", [])), raw=meta,
+    )
+
+
+class SaliencyModel:
+    def __init__(self, path: str | os.PathLike, provider: str | None = "auto", threads: int | None = None):
+        import onnxruntime as ort
+
+        self.path = str(path)
+        p = Path(path)
+        if not p.is_file():
+            raise UserError(f"model file not found: {path}")
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 3
+        if threads:
+            if threads < 1:
+                raise UserError("--threads must be at least 1")
+            opts.intra_op_num_threads = threads
+            opts.inter_op_num_threads = 1
+        requested = providers.resolve(provider, ort.get_available_providers())
+        t0 = time.perf_counter()
+        try:
+            self.session = ort.InferenceSession(self.path, opts, providers=requested)
+        except Exception as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise UserError(f"cannot load {path} with ONNX Runtime: {first[:300]}") from exc
+        self.load_seconds = time.perf_counter() - t0
+        self.providers = self.session.get_providers()
+        if self.providers[0] != requested[0]:
+            log.warning("asked for %s, ONNX Runtime runs on %s (fell back)",
+                        providers.short_name(requested[0]), providers.short_name(self.providers[0]))
+        meta = contract.decode_metadata(self.session.get_modelmeta().custom_metadata_map)
+        self.info = read_model_info(meta, self.path)
+        inputs = {i.name for i in self.session.get_inputs()}
+        if contract.INPUT not in inputs:
+            raise UserError(f"{path} has no input named {contract.INPUT!r}; it does not follow the edge-saliency contract")
+        self.has_class_input = contract.CLASS_INPUT in inputs
+        self.outputs = [o.name for o in self.session.get_outputs()]
+        for name in (contract.LOGITS, contract.TARGET):
+            if name not in self.outputs:
+                raise UserError(f"{path} has no output named {name!r}; it does not follow the edge-saliency contract")
+
+    @property
+    def provider(self) -> str:
+        return providers.short_name(self.providers[0])
+
+    @property
+    def labels(self) -> list[str]:
+        return self.info.labels
+
+    def class_index(self, name_or_index: str | int) -> int:
+        """'Egyptian cat' or '285' -> 285."""
+        if isinstance(name_or_index, int) or str(name_or_index).lstrip("-").isdigit():
+            idx = int(name_or_index)
+            if not 0 <= idx < len(self.labels):
+                raise UserError(f"class index {idx} out of range 0..{len(self.labels) - 1}")
+            return idx
+        lowered = [label.lower() for label in self.labels]
+        if name_or_index.lower() not in lowered:
+            raise UserError(f"no class named {name_or_index!r} in the model's labels")
+        return lowered.index(name_or_index.lower())
+
+    def preprocess(self, frame: np.ndarray) -> np.ndarray:
+        """BGR uint8 frame of any size -> [H, W, 3] uint8 at the model's input size."""
+        if not isinstance(frame, np.ndarray) or frame.ndim != 3 or frame.shape[2] != 3 or frame.dtype != np.uint8:
+            desc = f"{frame.dtype} {frame.shape}" if isinstance(frame, np.ndarray) else type(frame).__name__
+            raise ValueError(f"expected a BGR uint8 frame [H, W, 3], got {desc}")
+        h, w = self.info.input_size
+        if frame.shape[:2] == (h, w):
+            return frame
+        interp = cv2.INTER_AREA if frame.shape[0] > h or frame.shape[1] > w else cv2.INTER_LINEAR
+        return cv2.resize(frame, (w, h), interpolation=interp)
+
+    def run(self, batch: np.ndarray, class_index: int | list[int] | None = None) -> dict[str, np.ndarray]:
+        """Raw outputs for a preprocessed batch [N, H, W, 3] uint8."""
+        feeds = {contract.INPUT: batch}
+        if self.has_class_input:
+            cls = np.full((len(batch),), -1, dtype=np.int64)
+            if class_index is not None:
+                cls[:] = class_index
+            feeds[contract.CLASS_INPUT] = cls
+        elif class_index is not None:
+            raise UserError(f"{self.path} was exported without a class_index input; re-export with --class-input to explain a chosen class")
+        return dict(zip(self.outputs, self.session.run(self.outputs, feeds)))
+
+    def predict_batch(self, frames: list[np.ndarray], class_index=None, topk: int = 5) -> list[Result]:
+        t0 = time.perf_counter()
+        batch = np.stack([self.preprocess(f) for f in frames])
+        t1 = time.perf_counter()
+        out = self.run(batch, class_index)
+        t2 = time.perf_counter()
+        probs = _softmax(out[contract.LOGITS].astype(np.float64))
+        results = []
+        for i in range(len(frames)):
+            target = int(out[contract.TARGET][i])
+            order = np.argsort(-probs[i])[:topk]
+            results.append(Result(
+                class_index=target, label=self.labels[target], score=float(probs[i, target]),
+                topk=[(self.labels[j], float(probs[i, j])) for j in order],
+                logits=out[contract.LOGITS][i],
+                smoe=out[contract.SMOE][i, 0] if contract.SMOE in out else None,
+                smoe_scales=out[contract.SMOE_SCALES][i] if contract.SMOE_SCALES in out else None,
+                recipro_cam=out[contract.RECIPRO][i, 0] if contract.RECIPRO in out else None,
+                timings={"preprocess": (t1 - t0) / len(frames), "inference": (t2 - t1) / len(frames)},
+            ))
+        return results
+
+    def predict(self, frame: np.ndarray, class_index=None, topk: int = 5) -> Result:
+        return self.predict_batch([frame], class_index, topk)[0]
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("EDGE_SALIENCY_HOME") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "edge-saliency")
+    return Path(root)
+
+
+def default_model_path() -> Path:
+    return cache_dir() / f"{DEFAULT_ARCH}.onnx"
+
+
+def ensure_default_model(log_fn=print) -> Path:
+    """The default pretrained model, exported on first use where torch is installed."""
+    path = default_model_path()
+    if path.is_file():
+        return path
+    try:
+        from export.build import ExportOptions, export_from_options
+    except ImportError as exc:
+        raise UserError(
+            f"no default model at {path} and no torch here to export it: run `edge-saliency export "
+            f"--out {path}` on a machine with pip install 'edge-saliency[export]', copy it here, "
+            "or pass --model"
+        ) from exc
+    path.parent.mkdir(parents=True, exist_ok=True)
+    log_fn(f"first run: exporting the default model to {path}")
+    export_from_options(ExportOptions(out=str(path)), log=log_fn)
+    return path

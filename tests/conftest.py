@@ -1,0 +1,35 @@
+"""Shared fixtures: models are exported once per test session into a temp folder (never committed)."""
+from __future__ import annotations
+
+import os
+
+import pytest
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+@pytest.fixture(scope="session")
+def lite0_onnx(tmp_path_factory):
+    """The default export: pretrained EfficientNet-Lite0, SMOE + Recipro-CAM."""
+    from export.build import ExportOptions, export_from_options
+
+    out = tmp_path_factory.mktemp("models") / "efficientnet_lite0.onnx"
+    export_from_options(ExportOptions(out=str(out)), log=lambda m: None)
+    return out
+
+
+@pytest.fixture(scope="session")
+def lite0_class_input_onnx(tmp_path_factory):
+    """Default export plus the optional class_index input."""
+    from export.build import ExportOptions, export_from_options
+
+    out = tmp_path_factory.mktemp("models") / "efficientnet_lite0_cls.onnx"
+    export_from_options(ExportOptions(out=str(out), class_input=True), log=lambda m: None)
+    return out
+
+
+@pytest.fixture(scope="session")
+def lite0_model(lite0_onnx):
+    from edge_saliency.model import SaliencyModel
+
+    return SaliencyModel(lite0_onnx, provider="cpu", threads=1)
