@@ -23,6 +23,7 @@ from torch import nn
 import edge_saliency
 from edge_saliency import contract
 from edge_saliency.errors import UserError
+from export import graph_passes
 from export.discovery import Structure
 from export.saliency_module import SaliencyConfig, SaliencyExport
 
@@ -172,7 +173,8 @@ def check_parity(
             if share < SMOE_INLIER_FRACTION or diff > SMOE_MAX_TOLERANCE:
                 raise ExportCheckError(
                     f"export check failed: {name} differs between ONNX Runtime and torch by more than "
-                    f"{tolerance:.0e} at {outliers[name]} of {counts[name]} values (max {diff:.2e})"
+                    f"{tolerance:.0e} at {outliers[name]} of {counts[name]} values (max {diff:.2e}); "
+                    f"activations near zero make log2(a + eps) ill-conditioned: try --smoe-eps 1e-3"
                 )
         elif diff > tolerance:
             raise ExportCheckError(
@@ -204,11 +206,12 @@ def export_onnx(
     wrapper = SaliencyExport(model, structure, mean, std, config).eval()
     log(f"exporting {arch} at {input_size[0]}x{input_size[1]} with methods: {', '.join(config.methods) or 'none'}")
     onnx_model = _to_onnx(wrapper, input_size)
+    passes = graph_passes.optimise(onnx_model)  # before the checks, so parity covers them
     meta = build_metadata(wrapper, arch, labels, input_size, mean, std)
     meta["export"] = {
         "opset": OPSET, "dynamic_batch": True, "torch": torch.__version__,
         "edge_saliency": edge_saliency.__version__, "onnx": onnx.__version__,
-        "config": asdict(config),
+        "config": asdict(config), "graph_passes": passes,
     }
     log("checking: onnx.checker, shape inference, ONNX Runtime vs torch on real images")
     _check_graph(onnx_model, wrapper.output_names())
