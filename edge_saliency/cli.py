@@ -56,7 +56,9 @@ def add_export_parser(sub) -> None:
     p.add_argument("--feature-layer", help="override the last feature map that Recipro-CAM masks")
     p.add_argument("--smoe-weights", help="weights of the scale maps in the combined SMOE map (default: all 1)")
     p.add_argument("--normaliser", default="gaussian", help="gaussian | gamma CDF (default: %(default)s)")
-    p.add_argument("--smoe-eps", type=float, default=1e-7, help="epsilon in log2(a + eps) (default: %(default)s, the paper's)")
+    p.add_argument("--smoe-eps", type=float, default=1e-3,
+                   help="epsilon in SMOE's log2(a + eps) (default: %(default)s; the paper's 1e-7 is ill-conditioned "
+                        "at near-zero activations: maps then differ across runtimes by up to ~5e-3)")
     p.add_argument("--recipro-score", default="logit", help="logit | softmax score of the target class per position (default: %(default)s)")
     p.add_argument("--recipro-variant", default="onehot", help="onehot | gaussian3x3 spatial mask (default: %(default)s)")
     p.add_argument("--map-fraction", type=int, default=4, help="SMOE maps at input size / N (default: %(default)s)")
@@ -108,7 +110,9 @@ def build_parser() -> argparse.ArgumentParser:
             if exc.name != mod_name:
                 raise
             continue
-        mod.add_parser(sub)
+        add = getattr(mod, "add_parser", None)
+        if add is not None:
+            add(sub)
     return parser
 
 

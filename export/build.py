@@ -42,7 +42,7 @@ class ExportOptions:
     feature_layer: str | None = None
     smoe_weights: list[float] | None = None
     normaliser: str = "gaussian"
-    smoe_eps: float = 1e-7
+    smoe_eps: float = 1e-3  # see SaliencyConfig.smoe_eps
     recipro_score: str = "logit"
     recipro_variant: str = "onehot"
     map_fraction: int = 4

@@ -1,7 +1,7 @@
 """Scale-end discovery: find, for any CNN classifier, the layers the saliency heads read.
 
-A model is described as a list of scale ends (the last non-negative 4-D activation at each
-spatial resolution, early -> late) plus a head (what turns the last feature map into logits).
+A model is described as a list of scale ends (at each spatial resolution, early -> late, the
+non-negative 4-D activation of the shallowest module that produces one, the last of those) plus a head (what turns the last feature map into logits).
 We run the model once on a dummy input with forward hooks on every module and read the answer
 off what was recorded; users can override the scale ends and the feature layer by name.
 """
@@ -116,13 +116,17 @@ def discover(
         )
     names = {n for n, _ in model.named_modules() if n}
 
-    # The last event per distinct non-negative 4-D tensor; containers that return their child's
-    # tensor come later, so the outermost name wins.
+    # Per resolution: the shallowest module (a stage such as ResNet's layer1 rather than the first
+    # 1x1 conv of the next stage, which still runs at that resolution), and among those the last
+    # to finish (a container that returns its child's tensor finishes after it).
     by_size: dict[tuple[int, int], _Event] = {}
     for ev in events:
         t = ev.output
         if _is_feature_map(t) and float(t.min()) >= 0.0:
-            by_size[(int(t.shape[2]), int(t.shape[3]))] = ev
+            key = (int(t.shape[2]), int(t.shape[3]))
+            best = by_size.get(key)
+            if best is None or _depth(ev.name) <= _depth(best.name):
+                by_size[key] = ev
     if not by_size and not scale_layers:
         raise UserError(
             "not a CNN: no module produces a non-negative 4-D feature map [N, C, H, W] "
@@ -156,6 +160,10 @@ def discover(
     feature = _scale_end(feature_ev)
     head = _find_head(model, events, out, feature_ev, feature, input_size)
     return Structure(scale_ends, head, int(out.shape[1]), notes)
+
+
+def _depth(name: str) -> int:
+    return name.count(".")
 
 
 def _scale_end(ev: _Event) -> ScaleEnd:
