@@ -1,0 +1,360 @@
+"""`edge-saliency explain` (maps for images) and `edge-saliency eval` (methods x images -> metrics).
+
+    edge-saliency explain photo.jpg --method decam --out maps/
+    edge-saliency explain frames/ --method maskopt,rise,recipro --class "Egyptian cat" --out maps/
+    edge-saliency eval --images photos/ --methods smoe,recipro,fastcam,decam,maskopt,rise --json q.json
+
+Images are files, folders of images, or ``sample:NAME`` for scikit-image's photographs
+(``sample:chelsea``). A method ``guided`` (or any other in-graph map) works once the model is
+exported with its ``<name>_cam`` output.
+"""
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from edge_saliency import metrics
+from edge_saliency.errors import UserError
+from edge_saliency.explain import methods as registry
+from edge_saliency.explain.common import OnnxClassifier, SaliencyModelClassifier, Scorer
+
+IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
+
+
+# ---------------------------------------------------------------- inputs
+def load_images(specs: list[str]) -> list[tuple[str, np.ndarray]]:
+    """Files, folders (their image files, sorted) and sample:NAME -> [(name, BGR uint8)]."""
+    out = []
+    for spec in specs:
+        if spec.startswith("sample:"):
+            from edge_saliency import samples
+
+            name = spec.split(":", 1)[1]
+            try:
+                out.append((name, samples.photo(name)))
+            except AttributeError:
+                raise UserError(f"no sample photograph named {name!r} (try chelsea, coffee, astronaut)") from None
+            continue
+        p = Path(spec)
+        if p.is_dir():
+            files = sorted(f for f in p.iterdir() if f.suffix.lower() in IMAGE_EXTS and f.is_file())
+            if not files:
+                raise UserError(f"no images ({', '.join(sorted(IMAGE_EXTS))}) in folder {spec}")
+        elif p.is_file():
+            files = [p]
+        else:
+            raise UserError(f"image not found: {spec}")
+        for f in files:
+            img = cv2.imread(str(f), cv2.IMREAD_COLOR)
+            if img is None:
+                raise UserError(f"cannot read image {f} (not an image, or a format OpenCV cannot decode)")
+            out.append((f.stem, img))
+    if not out:
+        raise UserError("no images given")
+    return out
+
+
+def open_classifier(args):
+    """(classifier, edge-saliency model or None). A file without edge-saliency metadata is opened as
+    a plain ONNX classifier (float NCHW input) with --mean/--std/--bgr."""
+    from edge_saliency.model import SaliencyModel, ensure_default_model
+
+    path = args.model or str(ensure_default_model(log_fn=lambda m: print(m, file=sys.stderr)))
+    if not args.plain:
+        try:
+            model = SaliencyModel(path, provider=args.provider, threads=args.threads)
+            return SaliencyModelClassifier(model), model
+        except UserError as exc:
+            if "edge-saliency" not in str(exc) or not Path(path).is_file():
+                raise
+    labels = None
+    if args.labels:
+        from edge_saliency.labels import read_labels
+
+        labels = read_labels(args.labels)
+    mean = _floats(args.mean, "--mean") if args.mean else (123.675, 116.28, 103.53)
+    std = _floats(args.std, "--std") if args.std else (58.395, 57.12, 57.375)
+    size = None
+    if args.input_size:
+        size = tuple(int(v) for v in args.input_size.lower().replace("x", ",").split(","))
+        size = size * 2 if len(size) == 1 else size
+    return OnnxClassifier(path, mean, std, bgr=args.bgr, input_size=size, labels=labels,
+                          provider=args.provider, threads=args.threads), None
+
+
+def _floats(text: str, what: str) -> tuple[float, ...]:
+    try:
+        vals = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise UserError(f"{what} wants 3 comma-separated numbers, got {text!r}") from None
+    if len(vals) != 3:
+        raise UserError(f"{what} wants 3 comma-separated numbers, got {text!r}")
+    return vals
+
+
+def class_index_of(classifier, model, name: str | None) -> int | None:
+    if name is None:
+        return None
+    if model is not None:
+        return model.class_index(name)
+    labels = classifier.labels
+    if str(name).lstrip("-").isdigit():
+        idx = int(name)
+        if labels is not None and not 0 <= idx < len(labels):
+            raise UserError(f"class index {idx} out of range 0..{len(labels) - 1}")
+        return idx
+    if labels is None:  # labels are known after the first query
+        classifier.logits(np.zeros((1, *classifier.input_size, 3), dtype=np.uint8))
+        labels = classifier.labels
+    lowered = [lab.lower() for lab in labels]
+    if name.lower() not in lowered:
+        raise UserError(f"no class named {name!r} in the model's labels")
+    return lowered.index(name.lower())
+
+
+def method_settings(args) -> dict:
+    s = {}
+    for name, cls in registry.SETTINGS.items():
+        st = cls(seed=args.seed, budget=args.budget)
+        for flag, field in (("grid", "grid"), ("population", "population"), ("generations", "generations"),
+                            ("de_f", "F"), ("de_cr", "CR"), ("sparsity", "sparsity"), ("masks", "masks"),
+                            ("steps", "steps"), ("pairs", "pairs"), ("keep", "keep")):
+            v = getattr(args, flag, None)
+            if v is not None and hasattr(st, field):
+                st = replace(st, **{field: v})
+        st.check()
+        s[name] = st
+    return s
+
+
+def preprocess(classifier, model, image: np.ndarray) -> np.ndarray:
+    if model is not None:
+        return model.preprocess(image)
+    h, w = classifier.input_size
+    return cv2.resize(image, (w, h), interpolation=cv2.INTER_AREA)
+
+
+def overlay(image: np.ndarray, saliency: np.ndarray, alpha: float = 0.5) -> np.ndarray:
+    m = metrics.resize_map(saliency, image.shape[:2])
+    heat = cv2.applyColorMap(np.clip(m * 255, 0, 255).astype(np.uint8), cv2.COLORMAP_JET)
+    return cv2.addWeighted(image, 1 - alpha, heat, alpha, 0)
+
+
+def _write_png(path: Path, img: np.ndarray) -> None:
+    if not cv2.imwrite(str(path), img):
+        raise UserError(f"cannot write {path}")
+
+
+# ---------------------------------------------------------------- explain
+def cmd_explain(args) -> int:
+    images = load_images(args.inputs)
+    classifier, model = open_classifier(args)
+    names = registry.parse_methods(args.method, model)
+    cls = class_index_of(classifier, model, args.class_name)
+    ctx = registry.Context(classifier, model, method_settings(args), progress=None if not args.quiet else False)
+    out = Path(args.out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"cannot create output folder {out}: {exc.strerror}") from None
+    summary, status = [], 0
+    for stem, image in images:
+        x = preprocess(classifier, model, image)
+        ctx.others = [preprocess(classifier, model, o) for s, o in images if s != stem][:4]
+        for method in names:
+            r = registry.explain(ctx, method, x, cls)
+            base = out / f"{stem}_{method}"
+            np.save(base.with_suffix(".npy"), r.saliency)
+            _write_png(base.with_suffix(".png"), overlay(image, r.saliency))
+            entry = {"image": stem, "method": method, "class_index": r.class_index, "label": r.label,
+                     "score": r.score, "queries": r.queries, "seconds": r.timings["explain"],
+                     "interrupted": r.interrupted, "map": str(base.with_suffix(".npy")),
+                     "overlay": str(base.with_suffix(".png")),
+                     "info": {k: v for k, v in r.info.items() if not k.endswith("_history")}}
+            summary.append(entry)
+            extra = ""
+            if "reconstruction" in r.info:
+                extra = f", reconstruction accuracy {r.info['reconstruction']['accuracy']:.0%}"
+            print(f"{stem} {method}: {r.label} ({r.score:.2f}), {r.queries} queries, "
+                  f"{r.timings['explain']:.1f}s{extra} -> {base}.png")
+            if r.interrupted:
+                status = 130
+                break
+        if status:
+            print("interrupted: kept the best map found so far", file=sys.stderr)
+            break
+    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=_json_default))
+    print(f"wrote {out / 'summary.json'}")
+    return status
+
+
+def _json_default(o):
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    return str(o)
+
+
+# ---------------------------------------------------------------- eval
+COLUMNS = [("avg_drop", "AvgDrop"), ("coherency", "Coherency"), ("complexity", "Complexity"), ("adcc", "ADCC"),
+           ("insertion", "Insert"), ("deletion", "Delete"), ("pointing", "Pointing"),
+           ("reconstruction", "Recon"), ("ms", "ms/map"), ("queries", "queries/map")]
+
+
+def evaluate(ctx, names, images, cls_arg, boxes, steps, keep, log=print):
+    """Methods x images -> (per-image rows, per-method means, first-image overlays for the sheet)."""
+    probe = Scorer(ctx.classifier)
+    rows, sheet_rows = [], []
+    prepped = [(stem, img, preprocess(ctx.classifier, ctx.model, img)) for stem, img in images]
+    for stem, image, x in prepped:
+        others = [o for s, _, o in prepped if s != stem]
+        ctx.others = others[:4]
+        fills = metrics.reconstruction_fills(x, others[:4])
+        sheet = [image]
+        for method in names:
+            r = registry.explain(ctx, method, x, cls_arg)
+            cls = r.class_index
+            # map' on image * map: same method, same class (in-graph: the class input when there is one)
+            recompute_cls = cls if (method in registry.BLACK_BOX or (ctx.model and ctx.model.has_class_input)) else None
+            parts = metrics.adcc_parts(probe.all_probs, x, r.saliency, cls,
+                                       lambda im: registry.explain(ctx, method, im, recompute_cls).saliency)
+            curves = metrics.insertion_deletion(probe.all_probs, x, r.saliency, cls, steps=steps)
+            recon = metrics.reconstruction_accuracy(probe.all_probs, x, r.saliency, fills, keep)
+            row = {"image": stem, "method": method, "class_index": cls, "label": r.label, "score": r.score,
+                   **{k: parts[k] for k in ("avg_drop", "coherency", "complexity", "adcc", "masked_score")},
+                   "insertion": curves["insertion"], "deletion": curves["deletion"],
+                   "reconstruction": recon["accuracy"], "reconstruction_unchanged": recon["unchanged"],
+                   "ms": 1000 * r.timings["explain"], "queries": r.queries}
+            if boxes is not None:
+                b = boxes.get(stem)
+                row["pointing"] = None if b is None else float(metrics.pointing_hit(r.saliency, b, image.shape[:2]))
+            if "reconstruction" in r.info:
+                row["own_reconstruction"] = r.info["reconstruction"]["accuracy"]
+            rows.append(row)
+            sheet.append(overlay(image, r.saliency))
+            log(f"{stem} {method}: ADCC {row['adcc']:.3f} insertion {row['insertion']:.3f} "
+                f"deletion {row['deletion']:.3f} ({row['ms']:.0f} ms, {row['queries']} queries)")
+        sheet_rows.append(sheet)
+    summary = {}
+    for method in names:
+        mine = [r for r in rows if r["method"] == method]
+        summary[method] = {}
+        for key, _ in COLUMNS:
+            vals = [r[key] for r in mine if r.get(key) is not None]
+            summary[method][key] = float(np.mean(vals)) if vals else None
+    return rows, summary, sheet_rows
+
+
+def format_table(summary: dict, with_pointing: bool) -> str:
+    cols = [(k, t) for k, t in COLUMNS if with_pointing or k != "pointing"]
+    head = f"{'method':<9}" + "".join(f"{t:>12}" for _, t in cols)
+    lines = [head, "-" * len(head)]
+    for method, vals in summary.items():
+        cells = []
+        for k, _ in cols:
+            v = vals.get(k)
+            cells.append(f"{'-':>12}" if v is None or (isinstance(v, float) and math.isnan(v))
+                         else f"{v:>12.0f}" if k in ("ms", "queries") else f"{v:>12.3f}")
+        lines.append(f"{method:<9}" + "".join(cells))
+    return "\n".join(lines)
+
+
+def contact_sheet(sheet_rows, names, height: int = 160) -> np.ndarray:
+    tiles = []
+    for row in sheet_rows:
+        cells = []
+        for i, img in enumerate(row):
+            w = max(1, round(img.shape[1] * height / img.shape[0]))
+            cell = cv2.resize(img, (w, height), interpolation=cv2.INTER_AREA)
+            label = "image" if i == 0 else names[i - 1]
+            cv2.putText(cell, label, (4, 16), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (255, 255, 255), 1, cv2.LINE_AA)
+            cells.append(cell)
+        tiles.append(np.concatenate(cells, axis=1))
+    width = max(t.shape[1] for t in tiles)
+    tiles = [np.pad(t, ((0, 0), (0, width - t.shape[1]), (0, 0))) for t in tiles]
+    return np.concatenate(tiles, axis=0)
+
+
+def cmd_eval(args) -> int:
+    if not args.images:
+        raise UserError("eval needs --images (files, folders or sample:NAME)")
+    images = load_images(args.images)
+    boxes = metrics.read_boxes(args.boxes) if args.boxes else None
+    classifier, model = open_classifier(args)
+    names = registry.parse_methods(args.methods, model)
+    cls = class_index_of(classifier, model, args.class_name)
+    if args.steps < 1:
+        raise UserError("--steps must be at least 1")
+    ctx = registry.Context(classifier, model, method_settings(args), progress=None if not args.quiet else False)
+    t0 = time.perf_counter()
+    rows, summary, sheet_rows = evaluate(ctx, names, images, cls, boxes, args.steps, args.keep or 0.25,
+                                         log=(lambda m: None) if args.quiet else (lambda m: print(m, file=sys.stderr)))
+    print(format_table(summary, boxes is not None))
+    report = {"model": getattr(model, "path", getattr(classifier, "path", None)), "methods": names,
+              "images": [s for s, _ in images], "insertion_steps": args.steps, "keep": args.keep or 0.25,
+              "budget": args.budget, "seconds": time.perf_counter() - t0, "summary": summary, "per_image": rows}
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(report, indent=2, default=_json_default))
+        print(f"wrote {args.json}")
+    sheet = args.sheet or (str(Path(args.json).with_suffix(".png")) if args.json else None)
+    if sheet:
+        _write_png(Path(sheet), contact_sheet(sheet_rows, names))
+        print(f"wrote {sheet}")
+    return 0
+
+
+# ---------------------------------------------------------------- parsers
+def _common(p) -> None:
+    p.add_argument("--model", help="edge-saliency ONNX file, or any ONNX classifier (default: the pretrained EfficientNet-Lite0)")
+    p.add_argument("--plain", action="store_true", help="treat --model as a plain classifier (float NCHW input, logits output)")
+    p.add_argument("--mean", help="plain classifier: RGB mean on 0-255 (default ImageNet 123.675,116.28,103.53)")
+    p.add_argument("--std", help="plain classifier: RGB std on 0-255 (default ImageNet 58.395,57.12,57.375)")
+    p.add_argument("--bgr", action="store_true", help="plain classifier: the model wants BGR, not RGB")
+    p.add_argument("--input-size", help="plain classifier with a dynamic input: N or HxW")
+    p.add_argument("--labels", help="plain classifier: class names, one per line")
+    p.add_argument("--provider", default="auto", help="ONNX Runtime provider (default: %(default)s)")
+    p.add_argument("--threads", type=int, help="ONNX Runtime threads")
+    p.add_argument("--class", dest="class_name", help="class to explain, by name or index (default: top-1)")
+    p.add_argument("--budget", type=int, help="max forward passes per black-box map (default: each method's settings)")
+    p.add_argument("--seed", type=int, default=0, help="random seed of the black-box methods (default: %(default)s)")
+    p.add_argument("--grid", type=int, help="coarse mask grid of decam/maskopt/rise")
+    p.add_argument("--population", type=int, help="decam: population size (default 40)")
+    p.add_argument("--generations", type=int, help="decam: generations (default 40)")
+    p.add_argument("--de-f", type=float, help="decam: differential weight F (default 0.5)")
+    p.add_argument("--de-cr", type=float, help="decam: crossover rate CR (default 0.7)")
+    p.add_argument("--sparsity", type=float, help="decam/maskopt: weight of the mask-size penalty (default 0.3)")
+    p.add_argument("--masks", type=int, help="rise: number of random masks (default 2000)")
+    p.add_argument("--steps-opt", dest="steps", type=int, help="maskopt: optimisation steps (default 60)")
+    p.add_argument("--pairs", type=int, help="maskopt: perturbation pairs per step (default 16)")
+    p.add_argument("--keep", type=float, help="fraction of salient pixels kept for reconstruction (default 0.25)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar or per-map lines")
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("explain", help="saliency maps of images by in-graph or black-box methods",
+                       description="Explain images: PNG overlay + .npy map per image and method, and summary.json.")
+    p.add_argument("inputs", nargs="+", help="image files, folders, or sample:NAME")
+    p.add_argument("--method", default="decam", help="comma list of " + ", ".join(registry.KNOWN) + " (default: %(default)s)")
+    p.add_argument("--out", default="maps", help="output folder (default: %(default)s)")
+    _common(p)
+    p.set_defaults(func=cmd_explain)
+
+    e = sub.add_parser("eval", help="judge saliency methods: ADCC, insertion/deletion, pointing game, reconstruction",
+                       description="Run methods x images and print a table of quality metrics (means over images).")
+    e.add_argument("--images", nargs="+", help="image files, folders, or sample:NAME")
+    e.add_argument("--methods", default="smoe,recipro,fastcam,decam,maskopt,rise", help="comma list (default: %(default)s)")
+    e.add_argument("--json", help="write per-image and summary numbers here")
+    e.add_argument("--sheet", help="contact sheet PNG (default: next to --json)")
+    e.add_argument("--boxes", help="JSON {image stem: [[x0, y0, x1, y1], ...]} for the pointing game")
+    e.add_argument("--steps", type=int, default=32, help="insertion/deletion steps (default: %(default)s)")
+    _common(e)
+    e.set_defaults(func=cmd_eval)
