@@ -63,10 +63,20 @@ def add_export_parser(sub) -> None:
     p.add_argument("--recipro-variant", default="onehot", help="onehot | gaussian3x3 spatial mask (default: %(default)s)")
     p.add_argument("--map-fraction", type=int, default=4, help="SMOE maps at input size / N (default: %(default)s)")
     p.add_argument("--class-input", action="store_true", help="add a class_index input to explain a chosen class")
+    g = p.add_argument_group("existing ONNX classifier (graph surgery, no torch needed)")
+    g.add_argument("--onnx", help="add the saliency outputs to this ONNX classifier instead of exporting from torch")
+    g.add_argument("--color", default="rgb", help="rgb | bgr: the channel order the ONNX model expects (default: %(default)s)")
+    g.add_argument("--layout", help="nchw | nhwc: the ONNX model's input layout (default: from its shape)")
+    g.add_argument("--target-node", help="node or tensor: the last feature map, before the classifier head")
+    g.add_argument("--scale-nodes", help="nodes or tensors to read as scale ends, early to late (default: discovered)")
     p.set_defaults(func=cmd_export)
 
 
 def cmd_export(args) -> int:
+    if args.onnx:  # numpy + onnx only: export.onnx_surgery never imports torch
+        from export.onnx_surgery import cmd_export_onnx
+
+        return cmd_export_onnx(args)
     try:
         from export.build import ExportOptions, export_from_options, parse_methods
     except ImportError as exc:

@@ -1,0 +1,146 @@
+"""Recipro-CAM as ONNX nodes, as export/methods/recipro_cam.py computes it.
+
+Each of the P = h*w positions of the feature map F [N, C, h, w] gets a copy of F that keeps only
+that position (one-hot, or its 3x3 neighbourhood weighted [[1,2,1],[2,4,2],[1,2,1]]/16); the head
+scores all copies as one batch; the target class's score (logit, or softmax probability) per
+position, min-max normalised, is the map [N, 1, h, w].
+
+- gap_linear: a masked copy pools to (kernel * F)[:, i, j] / P, so the P pooled vectors go to the
+  linear layer directly; for the logit score only the target class's row of the weights is used.
+- gap_head: the pooled vectors [N*P, C(, 1, 1)] go to a clone of the rest of the head.
+- masked_batch: the masked copies [N*P, C, h, w] (F x one-hot masks) go to a clone of the head.
+"""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import helper
+
+from export.surgery_discovery import Head
+from export.surgery_graph import GraphWriter
+
+SCORES = ("logit", "softmax")
+VARIANTS = ("onehot", "gaussian3x3")
+GAUSS = np.array([[1.0, 2.0, 1.0], [2.0, 4.0, 2.0], [1.0, 2.0, 1.0]], dtype=np.float32) / 16.0
+
+
+def spatial_masks(h: int, w: int, variant: str) -> np.ndarray:
+    """[P, 1, h, w]: mask p keeps position p (and, for gaussian3x3, its neighbours)."""
+    eye = np.eye(h * w, dtype=np.float32).reshape(h * w, h, w)
+    if variant == "gaussian3x3":
+        padded = np.pad(eye, ((0, 0), (1, 1), (1, 1)))
+        eye = sum(GAUSS[dy, dx] * padded[:, dy:dy + h, dx:dx + w] for dy in range(3) for dx in range(3))
+    return eye.reshape(h * w, 1, h, w).astype(np.float32)
+
+
+def clone_head(gw: GraphWriter, head: Head, batch_input: str, values: dict) -> str:
+    """Copy the head's nodes so they read ``batch_input`` instead of ``head.clone_input``; returns
+    the clone's logits. A Reshape to a constant shape that fixes the batch at 1 gets 0 there
+    (copy the batch dimension), so the clone runs on any batch."""
+    rename = {head.clone_input: batch_input}
+    for node in head.nodes:
+        inputs = [rename.get(i, i) for i in node.input]
+        if node.op_type == "Reshape" and node.input[1] not in rename:
+            shape = values.get(node.input[1])
+            if shape is None:
+                shape = _initializer(gw.graph, node.input[1])
+            src, dst = values.get(node.input[0]), values.get(node.output[0])
+            if (shape is not None and shape.size and int(shape[0]) == 1 and src is not None and dst is not None
+                    and src.shape[0] == 1 and dst.shape[0] == 1):
+                fixed = np.array(shape, dtype=np.int64).copy()
+                fixed[0] = 0
+                inputs[1] = gw.ints(fixed, "head_shape")
+        outputs = []
+        for o in node.output:
+            if o:
+                rename[o] = gw.fresh("head")
+            outputs.append(rename.get(o, ""))
+        clone = helper.make_node(node.op_type, inputs, outputs, name=gw.fresh("head_node"), domain=node.domain)
+        clone.attribute.extend(node.attribute)
+        gw.graph.node.append(clone)
+    return rename[head.logits]
+
+
+def _initializer(graph: onnx.GraphProto, name: str):
+    for init in graph.initializer:
+        if init.name == name:
+            return onnx.numpy_helper.to_array(init)
+    return None
+
+
+def _pooled(gw: GraphWriter, fmap: str, c: int, h: int, w: int, variant: str) -> str:
+    """F [N, C, h, w] -> [N, P, C] pooled vectors of the masked copies."""
+    if variant == "gaussian3x3":
+        kernel = np.broadcast_to(GAUSS.reshape(1, 1, 3, 3), (c, 1, 3, 3)).copy()
+        fmap = gw.op("Conv", [fmap, gw.const(kernel, "gauss3x3")], "recipro_blur", group=c, pads=[1, 1, 1, 1],
+                     kernel_shape=[3, 3])
+    flat = gw.op("Transpose", [gw.reshape(fmap, [0, c, h * w], "recipro_flat")], "recipro_pos", perm=[0, 2, 1])
+    return gw.op("Mul", [flat, gw.const(np.float32(1.0 / (h * w)), "inv_p")], "recipro_pooled")
+
+
+def _target_scores(gw: GraphWriter, all_scores: str, target: str, p: int, score: str) -> str:
+    """[N, P, K] logits -> [N, P] score of the target class."""
+    if score == "softmax":
+        all_scores = gw.op("Softmax", [all_scores], "recipro_softmax", axis=2)
+    shape = gw.op("Concat", [gw.op("Shape", [target], "target_shape"), gw.ints([p, 1], "p1")], "idx_shape", axis=0)
+    idx = gw.op("Expand", [gw.unsqueeze(target, [1, 2], "target_idx"), shape], "recipro_idx")
+    return gw.squeeze(gw.op("GatherElements", [all_scores, idx], "recipro_gather", axis=2), [2], "recipro_scores")
+
+
+def _min_max(gw: GraphWriter, s: str, h: int, w: int, out: str) -> None:
+    lo = gw.reduce("ReduceMin", s, [1], hint="recipro_lo")
+    hi = gw.reduce("ReduceMax", s, [1], hint="recipro_hi")
+    rng = gw.op("Max", [gw.op("Sub", [hi, lo], "recipro_range"), gw.const(np.float32(1e-12), "range_min")], "recipro_range")
+    norm = gw.op("Div", [gw.op("Sub", [s, lo], "recipro_shift"), rng], "recipro_norm")
+    gw.op("Reshape", [norm, gw.ints([-1, 1, h, w], "map_shape")], outputs=[out])
+
+
+def _gap_linear_scores(gw: GraphWriter, head: Head, pooled: str, target: str, k: int, p: int, score: str) -> str:
+    bias = None
+    if head.bias:
+        full = gw.op("Expand", [head.bias, gw.ints([1, k], "bias_shape")], "bias_full")
+        bias = gw.reshape(full, [-1], "bias_k")
+    if score == "logit":
+        if head.weight_is_kc:
+            w_t = gw.op("Gather", [head.weight, target], "recipro_wt", axis=0)
+        else:
+            w_t = gw.op("Transpose", [gw.op("Gather", [head.weight, target], "recipro_wt", axis=1)], "recipro_wt", perm=[1, 0])
+        s = gw.squeeze(gw.op("MatMul", [pooled, gw.unsqueeze(w_t, [2], "recipro_wcol")], "recipro_dot"), [2], "recipro_s")
+        if head.alpha != 1.0:
+            s = gw.op("Mul", [s, gw.const(np.float32(head.alpha), "alpha")], "recipro_alpha")
+        if bias:
+            b_t = gw.op("Gather", [bias, target], "recipro_bt", axis=0)
+            if head.beta != 1.0:
+                b_t = gw.op("Mul", [b_t, gw.const(np.float32(head.beta), "beta")], "recipro_beta")
+            s = gw.op("Add", [s, gw.unsqueeze(b_t, [1], "recipro_bcol")], "recipro_s")
+        return s
+    weight = gw.op("Transpose", [head.weight], "recipro_w", perm=[1, 0]) if head.weight_is_kc else head.weight
+    logits = gw.op("MatMul", [pooled, weight], "recipro_logits")
+    if head.alpha != 1.0:
+        logits = gw.op("Mul", [logits, gw.const(np.float32(head.alpha), "alpha")], "recipro_alpha")
+    if bias:
+        if head.beta != 1.0:
+            bias = gw.op("Mul", [bias, gw.const(np.float32(head.beta), "beta")], "recipro_beta")
+        logits = gw.op("Add", [logits, bias], "recipro_logits")
+    return _target_scores(gw, logits, target, p, score)
+
+
+def recipro_cam(gw: GraphWriter, head: Head, target: str, num_classes: int, values: dict,
+                score: str, variant: str, out: str) -> None:
+    f = head.feature
+    c, (h, w) = f.channels, f.size
+    p = h * w
+    if head.kind == "gap_linear":
+        s = _gap_linear_scores(gw, head, _pooled(gw, f.tensor, c, h, w, variant), target, num_classes, p, score)
+    else:
+        if head.kind == "gap_head":
+            shape = [-1, c, 1, 1] if head.pooled_keepdims else [-1, c]
+            batch = gw.reshape(_pooled(gw, f.tensor, c, h, w, variant), shape, "recipro_batch")
+        else:
+            masks = gw.const(spatial_masks(h, w, variant).reshape(1, p, 1, h, w), "recipro_masks")
+            copies = gw.op("Mul", [gw.unsqueeze(f.tensor, [1], "recipro_f5"), masks], "recipro_copies")
+            batch = gw.reshape(copies, [-1, c, h, w], "recipro_batch")
+        head_out = clone_head(gw, head, batch, values)
+        all_scores = gw.reshape(head_out, [-1, p, num_classes], "recipro_all")
+        s = _target_scores(gw, all_scores, target, p, score)
+    _min_max(gw, s, h, w, out)
