@@ -119,9 +119,12 @@ def class_index_of(classifier, model, name: str | None) -> int | None:
     return lowered.index(name.lower())
 
 
-def method_settings(args) -> dict:
+def method_settings(args, names: list[str]) -> dict:
+    """Settings of the chosen black-box methods from the flags (checked: a bad value is one line)."""
     s = {}
     for name, cls in registry.SETTINGS.items():
+        if name not in names:
+            continue
         st = cls(seed=args.seed, budget=args.budget)
         for flag, field in (("grid", "grid"), ("population", "population"), ("generations", "generations"),
                             ("de_f", "F"), ("de_cr", "CR"), ("sparsity", "sparsity"), ("masks", "masks"),
@@ -158,7 +161,7 @@ def cmd_explain(args) -> int:
     classifier, model = open_classifier(args)
     names = registry.parse_methods(args.method, model)
     cls = class_index_of(classifier, model, args.class_name)
-    ctx = registry.Context(classifier, model, method_settings(args), progress=None if not args.quiet else False)
+    ctx = registry.Context(classifier, model, method_settings(args, names), progress=None if not args.quiet else False)
     out = Path(args.out)
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -293,7 +296,7 @@ def cmd_eval(args) -> int:
     cls = class_index_of(classifier, model, args.class_name)
     if args.steps < 1:
         raise UserError("--steps must be at least 1")
-    ctx = registry.Context(classifier, model, method_settings(args), progress=None if not args.quiet else False)
+    ctx = registry.Context(classifier, model, method_settings(args, names), progress=None if not args.quiet else False)
     t0 = time.perf_counter()
     rows, summary, sheet_rows = evaluate(ctx, names, images, cls, boxes, args.steps, args.keep or 0.25,
                                          log=(lambda m: None) if args.quiet else (lambda m: print(m, file=sys.stderr)))

@@ -1,0 +1,198 @@
+"""Black-box explainers on toy classifiers with known answers, the plain-ONNX adapter, and the
+explain/eval command line (errors as one line, outputs written)."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from edge_saliency.errors import UserError
+from edge_saliency.explain import decam, maskopt, rise
+from edge_saliency.explain.common import Explanation, FunctionClassifier
+from edge_saliency.model import Result
+
+S = 32
+BOX = (slice(8, 24), slice(8, 24))  # a quarter of the image, cells 1..2 of a 4 x 4 grid
+
+
+def toy_image():
+    img = np.full((S, S, 3), 100, dtype=np.uint8)
+    img[BOX] = 255
+    return img
+
+
+class BoxClassifier(FunctionClassifier):
+    """Class 1's logit rises with the brightness inside the box; class 0's is 0. Counts calls."""
+
+    def __init__(self, interrupt_on_call: int | None = None):
+        super().__init__(self._logits, (S, S), ["background", "box"])
+        self.calls = 0
+        self.batch_sizes = []
+        self.interrupt_on_call = interrupt_on_call
+
+    def _logits(self, batch):
+        self.calls += 1
+        self.batch_sizes.append(len(batch))
+        if self.interrupt_on_call is not None and self.calls == self.interrupt_on_call:
+            raise KeyboardInterrupt
+        b = batch[:, BOX[0], BOX[1]].astype(np.float64).mean(axis=(1, 2, 3)) / 255.0
+        return np.stack([np.zeros_like(b), 8 * b - 4], axis=1)
+
+
+def inside_outside(sal):
+    inside = np.zeros(sal.shape, bool)
+    inside[BOX] = True
+    return float(sal[inside].mean()), float(sal[~inside].mean())
+
+
+# ---------------------------------------------------------------- DE-CAM
+def test_de_rand_1_bin_mutation_indices_and_crossover():
+    rng = np.random.default_rng(0)
+    r = decam._mutation_indices(rng, 6)
+    for i, row in enumerate(r):
+        assert len(set(row.tolist())) == 3 and i not in row
+    pop = np.random.default_rng(1).random((8, 5))
+    trial = decam.de_rand_1_bin(pop, 0.5, 0.0, np.random.default_rng(2))
+    assert ((trial != pop).sum(axis=1) <= 1).all()  # CR = 0: only the forced gene j_rand may change
+    assert ((trial != pop).sum(axis=1) >= 1).any()
+    rng_a, rng_b = np.random.default_rng(3), np.random.default_rng(3)
+    trial = decam.de_rand_1_bin(pop, 0.5, 1.0, rng_a)
+    r = decam._mutation_indices(rng_b, 8)
+    np.testing.assert_allclose(trial, np.clip(pop[r[:, 0]] + 0.5 * (pop[r[:, 1]] - pop[r[:, 2]]), 0, 1))
+
+
+def test_decam_finds_the_box_deterministically_with_one_call_per_generation():
+    s = decam.DECAMSettings(grid=4, population=16, generations=25, seed=7)
+    clf = BoxClassifier()
+    a = decam.explain(clf, toy_image(), settings=s, progress=False)
+    assert isinstance(a, Explanation) and isinstance(a, Result)
+    assert a.class_index == 1 and a.label == "box" and a.map("decam") is a.saliency
+    assert a.queries == 1 + 16 * 26
+    assert clf.batch_sizes == [1] + [16] * 26  # clean image, initial population, one batch per generation
+    inside, outside = inside_outside(a.saliency)
+    assert inside > outside + 0.3
+    b = decam.explain(BoxClassifier(), toy_image(), settings=s, progress=False)
+    np.testing.assert_array_equal(a.saliency, b.saliency)
+    c = decam.explain(BoxClassifier(), toy_image(), settings=decam.DECAMSettings(grid=4, population=16, generations=25, seed=8), progress=False)
+    assert not np.array_equal(a.saliency, c.saliency)
+    assert a.info["fitness_history"] == sorted(a.info["fitness_history"])  # greedy selection never loses the best
+
+
+def test_decam_budget_caps_the_generations():
+    r = decam.explain(BoxClassifier(), toy_image(), settings=decam.DECAMSettings(grid=4, population=16, budget=100),
+                      progress=False)
+    assert r.queries == 1 + 16 * 6 and r.info["generations_run"] == 5
+    with pytest.raises(UserError):
+        decam.DECAMSettings(population=16, budget=10).check()
+
+
+def test_ctrl_c_keeps_the_best_map_so_far():
+    clf = BoxClassifier(interrupt_on_call=5)  # clean, initial population, 2 generations, then Ctrl-C
+    r = decam.explain(clf, toy_image(), settings=decam.DECAMSettings(grid=4, population=16, seed=1), progress=False)
+    assert r.interrupted and r.info["generations_run"] == 2
+    assert r.saliency.shape == (S, S) and np.isfinite(r.saliency).all()
+    assert 0 <= r.saliency.min() and r.saliency.max() <= 1
+
+
+# ---------------------------------------------------------------- mask optimisation
+def test_total_variation_gradient_matches_finite_differences():
+    m = np.random.default_rng(0).random((5, 5))
+    g = maskopt.total_variation_grad(m)
+    eps = 1e-6
+    for i, j in [(0, 0), (2, 3), (4, 1)]:
+        d = np.zeros_like(m)
+        d[i, j] = eps
+        fd = (maskopt.total_variation(m + d) - maskopt.total_variation(m - d)) / (2 * eps)
+        assert g[i, j] == pytest.approx(fd, rel=1e-5)
+
+
+def test_maskopt_finds_the_box_and_reconstructs_the_decision():
+    s = maskopt.MaskOptSettings(grid=4, steps=40, pairs=8, seed=3, keep=0.25)
+    a = maskopt.explain(BoxClassifier(), toy_image(), settings=s, progress=False)
+    inside, outside = inside_outside(a.saliency)
+    assert inside > outside + 0.3
+    assert a.info["optimise_queries"] == 1 + 40 * 17
+    assert a.info["reconstruction"]["accuracy"] == 1.0  # the kept quarter is the box itself
+    b = maskopt.explain(BoxClassifier(), toy_image(), settings=s, progress=False)
+    np.testing.assert_array_equal(a.saliency, b.saliency)
+
+
+# ---------------------------------------------------------------- RISE
+def test_rise_finds_the_box_deterministically_within_budget():
+    s = rise.RISESettings(masks=5000, grid=4, seed=0, budget=300)
+    a = rise.explain(BoxClassifier(), toy_image(), settings=s, progress=False)
+    assert a.queries == 300 and a.info["masks_used"] == 299
+    inside, outside = inside_outside(a.saliency)
+    assert inside > outside + 0.3
+    np.testing.assert_array_equal(a.saliency, rise.explain(BoxClassifier(), toy_image(), settings=s, progress=False).saliency)
+
+
+def test_rise_masks_are_smooth_and_have_density_p():
+    m = rise.random_masks(np.random.default_rng(0), 400, 7, 0.3, (28, 28))
+    assert m.shape == (400, 28, 28) and 0 <= m.min() and m.max() <= 1
+    assert m.mean() == pytest.approx(0.3, abs=0.03)
+
+
+# ---------------------------------------------------------------- plain ONNX classifier
+def test_onnx_classifier_adapter_applies_rgb_mean_std(tmp_path):
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper
+
+    from edge_saliency.explain.common import OnnxClassifier
+
+    graph = helper.make_graph(
+        [helper.make_node("ReduceMean", ["x"], ["logits"], axes=[2, 3], keepdims=0)], "mean",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 4, 4])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 3])])
+    path = tmp_path / "mean.onnx"
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8  # readable by any onnxruntime >= 1.17
+    onnx.save(model, path)
+    img = np.zeros((1, 4, 4, 3), np.uint8)
+    img[..., 0], img[..., 1], img[..., 2] = 10, 20, 30  # B, G, R
+    rgb = OnnxClassifier(str(path), mean=(1, 2, 3), std=(2, 2, 2), provider="cpu")
+    np.testing.assert_allclose(rgb.logits(img)[0], [(30 - 1) / 2, (20 - 2) / 2, (10 - 3) / 2], rtol=1e-6)
+    bgr = OnnxClassifier(str(path), mean=(1, 2, 3), std=(2, 2, 2), bgr=True, provider="cpu")
+    np.testing.assert_allclose(bgr.logits(img)[0], [(10 - 1) / 2, (20 - 2) / 2, (30 - 3) / 2], rtol=1e-6)
+    assert rgb.input_size == (4, 4) and rgb.labels == ["0", "1", "2"]
+
+
+# ---------------------------------------------------------------- command line
+def cli(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "edge_saliency", *args], capture_output=True, text=True, cwd=cwd,
+                          timeout=120)
+
+
+@pytest.mark.parametrize("case", ["missing", "unreadable", "method", "class"])
+def test_cli_errors_are_one_line(case, tmp_path, lite0_onnx):
+    bad = tmp_path / "notes.jpg"
+    bad.write_text("not an image")
+    args = {
+        "missing": ["explain", str(tmp_path / "nope.jpg")],
+        "unreadable": ["explain", str(bad)],
+        "method": ["explain", "sample:coffee", "--method", "decam,telepathy"],
+        "class": ["explain", "sample:coffee", "--method", "rise", "--class", "flying saucer"],
+    }[case]
+    r = cli(*args, "--model", str(lite0_onnx), "--out", str(tmp_path / "maps"))
+    assert r.returncode != 0
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("edge-saliency: error:"), r.stderr
+    assert {"missing": "not found", "unreadable": "cannot read", "method": "telepathy", "class": "flying saucer"}[case] in lines[0]
+
+
+def test_cli_explain_writes_overlay_map_and_summary(tmp_path, lite0_onnx):
+    out = tmp_path / "maps"
+    r = cli("explain", "sample:coffee", "--method", "rise,recipro", "--budget", "24", "--grid", "4",
+            "--model", str(lite0_onnx), "--out", str(out), "--threads", "1")
+    assert r.returncode == 0, r.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert [e["method"] for e in summary] == ["rise", "recipro"]
+    assert all(e["label"] == "espresso" for e in summary)
+    assert summary[0]["queries"] == 24 and summary[1]["queries"] == 1
+    for method in ("rise", "recipro"):
+        sal = np.load(out / f"coffee_{method}.npy")
+        assert sal.min() >= 0 and sal.max() <= 1 and sal.max() > 0
+        assert (out / f"coffee_{method}.png").stat().st_size > 1000
