@@ -324,22 +324,31 @@ class DemoSource(GeneratedSource):
         from edge_saliency import samples
 
         self.photos = [samples.photo(n) for n in self.PHOTOS]
+        self._shapes = {n: p.shape[:2] for n, p in zip(self.PHOTOS, self.photos)}
         w, h = self.size
         yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
         shade = (40 + 30 * (xx / w) + 20 * (yy / h)).astype(np.uint8)
         self.background = np.dstack([shade + 10, shade, shade])
 
-    def make(self, index: int) -> np.ndarray:
+    def placement(self, index: int) -> tuple[str, float, float, float]:
+        """Which photo frame `index` shows, where its centre is (x, y in pixels) and its zoom."""
         w, h = self.size
         t = index / self.fps
         n = int(t // self.SECONDS_PER_PHOTO)
-        photo = self.photos[n % len(self.photos)]
+        name = self.PHOTOS[n % len(self.PHOTOS)]
         u = (t % self.SECONDS_PER_PHOTO) / self.SECONDS_PER_PHOTO  # 0..1 within this photo
-        ph, pw = photo.shape[:2]
+        ph, pw = self._shapes[name]
         fit = min(w / pw, h / ph)
         zoom = fit * (0.55 + 0.35 * (0.5 - 0.5 * math.cos(2 * math.pi * u)))  # zooms in and back out
         cx = w * (0.5 + 0.22 * math.sin(2 * math.pi * u + n))  # pans left/right
         cy = h * (0.5 + 0.12 * math.sin(4 * math.pi * u))
+        return name, cx, cy, zoom
+
+    def make(self, index: int) -> np.ndarray:
+        w, h = self.size
+        name, cx, cy, zoom = self.placement(index)
+        photo = self.photos[self.PHOTOS.index(name)]
+        ph, pw = photo.shape[:2]
         m = np.float32([[zoom, 0, cx - zoom * pw / 2], [0, zoom, cy - zoom * ph / 2]])
         frame = self.background.copy()
         cv2.warpAffine(photo, m, (w, h), dst=frame, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_TRANSPARENT)
