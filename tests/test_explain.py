@@ -196,3 +196,28 @@ def test_cli_explain_writes_overlay_map_and_summary(tmp_path, lite0_onnx):
         sal = np.load(out / f"coffee_{method}.npy")
         assert sal.min() >= 0 and sal.max() <= 1 and sal.max() > 0
         assert (out / f"coffee_{method}.png").stat().st_size > 1000
+
+
+def test_cli_eval_table_json_and_pointing_game(tmp_path, lite0_onnx):
+    boxes = tmp_path / "boxes.json"
+    boxes.write_text(json.dumps({"coffee": [[0, 0, 599, 399]]}))  # the whole photograph: every argmax hits
+    q = tmp_path / "q.json"
+    r = cli("eval", "--images", "sample:coffee", "--methods", "recipro,rise,maskopt", "--budget", "16", "--grid", "4",
+            "--steps", "4", "--opt-steps", "1", "--pairs", "2", "--boxes", str(boxes), "--json", str(q), "--model", str(lite0_onnx), "--threads", "1", "-q")
+    assert r.returncode == 0, r.stderr
+    header = r.stdout.splitlines()[0]
+    assert header.split()[:5] == ["method", "AvgDrop", "Coherency", "Complexity", "ADCC"] and "Pointing" in header
+    assert [row.split()[0] for row in r.stdout.splitlines()[2:5]] == ["recipro", "rise", "maskopt"]
+    report = json.loads(q.read_text())
+    for method in ("recipro", "rise"):
+        m = report["summary"][method]
+        assert m["pointing"] == 1.0
+        assert 0 <= m["avg_drop"] <= 1 and 0 <= m["coherency"] <= 1 and 0 <= m["insertion"] <= 1
+        hm = 3 / (1 / m["coherency"] + 1 / (1 - m["complexity"]) + 1 / (1 - m["avg_drop"]))
+        assert m["adcc"] == pytest.approx(hm)  # one image: the mean ADCC is the formula of the mean parts
+    assert report["summary"]["rise"]["queries"] == 16
+    # maskopt: clean image + 1 step of 2 * 2 + 1 points, then the reconstruction check (image + blur + noise);
+    # --opt-steps is its own flag, apart from the 4 insertion/deletion --steps
+    assert report["summary"]["maskopt"]["queries"] == 1 + 5 + 3
+    assert len(report["per_image"][0]["reconstruction_unchanged"]) == 2
+    assert q.with_suffix(".png").is_file()

@@ -128,7 +128,7 @@ def method_settings(args, names: list[str]) -> dict:
         st = cls(seed=args.seed, budget=args.budget)
         for flag, field in (("grid", "grid"), ("population", "population"), ("generations", "generations"),
                             ("de_f", "F"), ("de_cr", "CR"), ("sparsity", "sparsity"), ("masks", "masks"),
-                            ("steps", "steps"), ("pairs", "pairs"), ("keep", "keep")):
+                            ("opt_steps", "steps"), ("pairs", "pairs"), ("keep", "keep")):
             v = getattr(args, flag, None)
             if v is not None and hasattr(st, field):
                 st = replace(st, **{field: v})
@@ -216,6 +216,7 @@ def evaluate(ctx, names, images, cls_arg, boxes, steps, keep, log=print):
     """Methods x images -> (per-image rows, per-method means, first-image overlays for the sheet)."""
     probe = Scorer(ctx.classifier)
     rows, sheet_rows = [], []
+    interrupted = False
     prepped = [(stem, img, preprocess(ctx.classifier, ctx.model, img)) for stem, img in images]
     for stem, image, x in prepped:
         others = [o for s, _, o in prepped if s != stem]
@@ -223,7 +224,14 @@ def evaluate(ctx, names, images, cls_arg, boxes, steps, keep, log=print):
         fills = metrics.reconstruction_fills(x, others[:4])
         sheet = [image]
         for method in names:
-            r = registry.explain(ctx, method, x, cls_arg)
+            try:
+                r = registry.explain(ctx, method, x, cls_arg)
+            except KeyboardInterrupt:
+                interrupted = True
+                break
+            if r.interrupted:  # Ctrl-C in a black-box method: keep what is done, stop here
+                interrupted = True
+                break
             cls = r.class_index
             # map' on image * map: same method, same class (in-graph: the class input when there is one)
             recompute_cls = cls if (method in registry.BLACK_BOX or (ctx.model and ctx.model.has_class_input)) else None
@@ -246,14 +254,18 @@ def evaluate(ctx, names, images, cls_arg, boxes, steps, keep, log=print):
             log(f"{stem} {method}: ADCC {row['adcc']:.3f} insertion {row['insertion']:.3f} "
                 f"deletion {row['deletion']:.3f} ({row['ms']:.0f} ms, {row['queries']} queries)")
         sheet_rows.append(sheet)
+        if interrupted:
+            break
     summary = {}
     for method in names:
+        if not any(r["method"] == method for r in rows):
+            continue
         mine = [r for r in rows if r["method"] == method]
         summary[method] = {}
         for key, _ in COLUMNS:
             vals = [r[key] for r in mine if r.get(key) is not None]
             summary[method][key] = float(np.mean(vals)) if vals else None
-    return rows, summary, sheet_rows
+    return rows, summary, sheet_rows, interrupted
 
 
 def format_table(summary: dict, with_pointing: bool) -> str:
@@ -298,8 +310,11 @@ def cmd_eval(args) -> int:
         raise UserError("--steps must be at least 1")
     ctx = registry.Context(classifier, model, method_settings(args, names), progress=None if not args.quiet else False)
     t0 = time.perf_counter()
-    rows, summary, sheet_rows = evaluate(ctx, names, images, cls, boxes, args.steps, args.keep or 0.25,
+    rows, summary, sheet_rows, interrupted = evaluate(ctx, names, images, cls, boxes, args.steps, args.keep or 0.25,
                                          log=(lambda m: None) if args.quiet else (lambda m: print(m, file=sys.stderr)))
+    if not rows:
+        print("interrupted before the first map", file=sys.stderr)
+        return 130
     print(format_table(summary, boxes is not None))
     report = {"model": getattr(model, "path", getattr(classifier, "path", None)), "methods": names,
               "images": [s for s, _ in images], "insertion_steps": args.steps, "keep": args.keep or 0.25,
@@ -312,6 +327,9 @@ def cmd_eval(args) -> int:
     if sheet:
         _write_png(Path(sheet), contact_sheet(sheet_rows, names))
         print(f"wrote {sheet}")
+    if interrupted:
+        print("interrupted: the table and files hold the maps finished so far", file=sys.stderr)
+        return 130
     return 0
 
 
@@ -336,7 +354,7 @@ def _common(p) -> None:
     p.add_argument("--de-cr", type=float, help="decam: crossover rate CR (default 0.7)")
     p.add_argument("--sparsity", type=float, help="decam/maskopt: weight of the mask-size penalty (default 0.3)")
     p.add_argument("--masks", type=int, help="rise: number of random masks (default 2000)")
-    p.add_argument("--steps-opt", dest="steps", type=int, help="maskopt: optimisation steps (default 60)")
+    p.add_argument("--opt-steps", dest="opt_steps", type=int, help="maskopt: optimisation steps (default 60)")
     p.add_argument("--pairs", type=int, help="maskopt: perturbation pairs per step (default 16)")
     p.add_argument("--keep", type=float, help="fraction of salient pixels kept for reconstruction (default 0.25)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar or per-map lines")
