@@ -178,7 +178,8 @@ def add_saliency(model: onnx.ModelProto, opts: SurgeryOptions, log=print) -> tup
     """The surgery itself: returns (new model, what was found, metadata without 'export')."""
     _check_options(opts)
     model = _at_min_opset(model, log)
-    an = analyse(model, opts.layout, opts.input_size, opts.scale_nodes, opts.target_node)
+    an = analyse(model, opts.layout, opts.input_size, opts.scale_nodes, opts.target_node,
+                 need_head="recipro" in opts.methods)
     ours = output_names(opts)
     tensors = set(an.outputs) | {o for n in model.graph.node for o in n.output}
     clash = [o for o in ours if o in tensors and not (o == contract.LOGITS and an.head.logits == o)]

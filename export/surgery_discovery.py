@@ -301,7 +301,8 @@ def _linear_chain(graph, values, static, nodes, pooled: str, logits: str, channe
 
 
 def analyse(model: onnx.ModelProto, layout: str | None = None, input_size: tuple[int, int] | None = None,
-            scale_nodes: list[str] | None = None, target_node: str | None = None) -> Analysis:
+            scale_nodes: list[str] | None = None, target_node: str | None = None, need_head: bool = True) -> Analysis:
+    """Everything the surgery needs; the head is only split when Recipro-CAM needs it."""
     graph = model.graph
     image = find_input(model, layout, input_size)
     h, w = image.size
@@ -316,7 +317,7 @@ def analyse(model: onnx.ModelProto, layout: str | None = None, input_size: tuple
     else:
         feature = scale_ends[-1]
     logits, k = find_logits(graph, values)
-    head = find_head(graph, values, static, feature, logits)
+    head = find_head(graph, values, static, feature, logits) if need_head else Head("none", feature, logits)
     notes = [f"scale end {e.node} has negative values (no activation after it); SMOE clamps them at 0"
              for e in scale_ends if not e.nonnegative]
     return Analysis(image, scale_ends, head, k, [o.name for o in graph.output], values, static, notes)
