@@ -63,6 +63,10 @@ def add_export_parser(sub) -> None:
     p.add_argument("--recipro-variant", default="onehot", help="onehot | gaussian3x3 spatial mask (default: %(default)s)")
     p.add_argument("--map-fraction", type=int, default=4, help="SMOE maps at input size / N (default: %(default)s)")
     p.add_argument("--class-input", action="store_true", help="add a class_index input to explain a chosen class")
+    p.add_argument("--precision", default="fp32", choices=("fp32", "fp16", "int8"),
+                   help="write the model in this precision after the fp32 checks: fp16 for GPUs, int8 static "
+                        "QDQ for CPUs; saliency heads stay float32 (default: %(default)s)")
+    p.add_argument("--calibration", help="folder of images for int8 calibration (default: the scikit-image photographs)")
     g = p.add_argument_group("existing ONNX classifier (graph surgery, no torch needed)")
     g.add_argument("--onnx", help="add the saliency outputs to this ONNX classifier instead of exporting from torch")
     g.add_argument("--color", default="rgb", help="rgb | bgr: the channel order the ONNX model expects (default: %(default)s)")
@@ -95,6 +99,7 @@ def cmd_export(args) -> int:
         smoe_weights=_floats(args.smoe_weights, None, "--smoe-weights") if args.smoe_weights else None,
         normaliser=args.normaliser, smoe_eps=args.smoe_eps, recipro_score=args.recipro_score,
         recipro_variant=args.recipro_variant, map_fraction=args.map_fraction, class_input=args.class_input,
+        precision=args.precision, calibration=args.calibration,
     )
     if args.smoe_eps <= 0:
         raise UserError("--smoe-eps must be positive")

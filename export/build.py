@@ -47,6 +47,8 @@ class ExportOptions:
     recipro_variant: str = "onehot"
     map_fraction: int = 4
     class_input: bool = False
+    precision: str = "fp32"  # fp32 | fp16 | int8 (export.quantize, after the fp32 checks)
+    calibration: str | None = None  # folder of images for int8 calibration
     extra: dict = field(default_factory=dict)
 
 
@@ -105,6 +107,12 @@ def load_weights(model: nn.Module, path: str) -> None:
 def export_from_options(opts: ExportOptions, log=print) -> dict:
     out = Path(opts.out or f"{opts.arch if not opts.module else opts.module.split(':')[-1]}.onnx")
     check_writable(out)  # fail before minutes of work
+    if opts.precision not in ("fp32", "fp16", "int8"):
+        raise UserError(f"unknown precision {opts.precision!r}; choose from: fp32, fp16, int8")
+    if opts.calibration and opts.precision != "int8":
+        raise UserError("--calibration is for --precision int8")
+    if opts.calibration and not Path(opts.calibration).is_dir():
+        raise UserError(f"--calibration {opts.calibration}: not a directory")
     if opts.normaliser not in normalise.NORMALISERS:
         raise UserError(f"unknown normaliser {opts.normaliser!r}; choose from: {', '.join(normalise.NORMALISERS)}")
     if opts.recipro_score not in recipro_cam.SCORES:
@@ -157,5 +165,11 @@ def export_from_options(opts: ExportOptions, log=print) -> dict:
         normaliser=opts.normaliser, smoe_eps=opts.smoe_eps, recipro_score=opts.recipro_score,
         recipro_variant=opts.recipro_variant, class_input=opts.class_input,
     )
-    return export_onnx(model, structure, out, arch=arch, labels=labels, input_size=size,
-                       mean=mean, std=std, config=config, log=log)
+    report = export_onnx(model, structure, out, arch=arch, labels=labels, input_size=size,
+                         mean=mean, std=std, config=config, log=log)
+    if opts.precision != "fp32":
+        from export.quantize import convert
+
+        q = convert(out, out, opts.precision, opts.calibration, log=log)
+        report.update(size_mb=q["size_mb"], precision=q["info"])
+    return report
