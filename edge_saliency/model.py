@@ -17,7 +17,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from edge_saliency import contract, providers
+from edge_saliency import contract
 from edge_saliency.errors import UserError
 
 log = logging.getLogger("edge_saliency")
@@ -93,46 +93,48 @@ def read_model_info(meta: dict, path: str) -> ModelInfo:
 
 
 class SaliencyModel:
-    def __init__(self, path: str | os.PathLike, provider: str | None = "auto", threads: int | None = None):
-        import onnxruntime as ort
+    def __init__(self, path: str | os.PathLike, provider: str | None = "auto", threads: int | None = None,
+                 engine: str = "onnxruntime"):
+        from edge_saliency import engines
 
         self.path = str(path)
-        p = Path(path)
-        if not p.is_file():
+        if not Path(path).is_file():
             raise UserError(f"model file not found: {path}")
-        opts = ort.SessionOptions()
-        opts.log_severity_level = 3
-        if threads:
-            if threads < 1:
-                raise UserError("--threads must be at least 1")
-            opts.intra_op_num_threads = threads
-            opts.inter_op_num_threads = 1
-        requested = providers.resolve(provider, ort.get_available_providers())
+        if threads is not None and threads < 1:
+            raise UserError("--threads must be at least 1")
         t0 = time.perf_counter()
-        try:
-            self.session = ort.InferenceSession(self.path, opts, providers=requested)
-        except Exception as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise UserError(f"cannot load {path} with ONNX Runtime: {first[:300]}") from exc
+        if engine == "auto":
+            first = engines.create("onnxruntime", self.path, provider, threads)
+            self.info = self._read_contract(first)
+            h, w = self.info.input_size
+            feeds = self._feeds(np.zeros((1, h, w, 3), np.uint8), None, first.inputs)
+            self.engine, self.engine_choice = engines.choose_auto(
+                self.path, feeds, cache_dir() / "engine_choice.json", provider, threads)
+        else:
+            self.engine, self.engine_choice = engines.create(engine, self.path, provider, threads), None
+            self.info = self._read_contract(self.engine)
         self.load_seconds = time.perf_counter() - t0
-        self.providers = self.session.get_providers()
-        if self.providers[0] != requested[0]:
-            log.warning("asked for %s, ONNX Runtime runs on %s (fell back)",
-                        providers.short_name(requested[0]), providers.short_name(self.providers[0]))
-        meta = contract.decode_metadata(self.session.get_modelmeta().custom_metadata_map)
-        self.info = read_model_info(meta, self.path)
-        inputs = {i.name for i in self.session.get_inputs()}
-        if contract.INPUT not in inputs:
-            raise UserError(f"{path} has no input named {contract.INPUT!r}; it does not follow the edge-saliency contract")
-        self.has_class_input = contract.CLASS_INPUT in inputs
-        self.outputs = [o.name for o in self.session.get_outputs()]
+        self.providers = self.engine.providers
+        self.has_class_input = contract.CLASS_INPUT in self.engine.inputs
+        self.outputs = list(self.engine.outputs)
+
+    def _read_contract(self, engine) -> ModelInfo:
+        info = read_model_info(contract.decode_metadata(engine.metadata()), self.path)
+        if contract.INPUT not in engine.inputs:
+            raise UserError(f"{self.path} has no input named {contract.INPUT!r}; it does not follow the edge-saliency contract")
         for name in (contract.LOGITS, contract.TARGET):
-            if name not in self.outputs:
-                raise UserError(f"{path} has no output named {name!r}; it does not follow the edge-saliency contract")
+            if name not in engine.outputs:
+                raise UserError(f"{self.path} has no output named {name!r}; it does not follow the edge-saliency contract")
+        return info
+
+    @property
+    def engine_name(self) -> str:
+        return self.engine.name
 
     @property
     def provider(self) -> str:
-        return providers.short_name(self.providers[0])
+        """Where inference runs: 'cpu', 'cuda', ... for ONNX Runtime; 'openvino-cpu' for OpenVINO."""
+        return self.engine.device if self.engine.name == "onnxruntime" else f"openvino-{self.engine.device}"
 
     @property
     def labels(self) -> list[str]:
@@ -163,15 +165,19 @@ class SaliencyModel:
 
     def run(self, batch: np.ndarray, class_index: int | list[int] | None = None) -> dict[str, np.ndarray]:
         """Raw outputs for a preprocessed batch [N, H, W, 3] uint8."""
+        feeds = self._feeds(batch, class_index, self.engine.inputs)
+        return dict(zip(self.outputs, self.engine.run(self.outputs, feeds)))
+
+    def _feeds(self, batch: np.ndarray, class_index, inputs: list[str]) -> dict[str, np.ndarray]:
         feeds = {contract.INPUT: batch}
-        if self.has_class_input:
+        if contract.CLASS_INPUT in inputs:
             cls = np.full((len(batch),), -1, dtype=np.int64)
             if class_index is not None:
                 cls[:] = class_index
             feeds[contract.CLASS_INPUT] = cls
         elif class_index is not None:
             raise UserError(f"{self.path} was exported without a class_index input; re-export with --class-input to explain a chosen class")
-        return dict(zip(self.outputs, self.session.run(self.outputs, feeds)))
+        return feeds
 
     def predict_batch(self, frames: list[np.ndarray], class_index=None, topk: int = 5) -> list[Result]:
         t0 = time.perf_counter()

@@ -1,0 +1,210 @@
+"""Inference engines: one small interface, two implementations, both reading the same .onnx.
+
+    engine = open_engine("m.onnx", "onnxruntime" | "openvino" | "auto", provider=..., threads=...)
+    engine.run(["logits", "smoe"], {"image": batch}) -> [array, array]
+
+ONNX Runtime is the default (and the engine for CUDA/TensorRT on a Jetson). OpenVINO is an
+optional extra (pip install "edge-saliency[openvino]"), often faster on Intel and ARM CPUs.
+``auto`` probes every available engine once per (model file, machine), caches the choice and its
+figures under the cache dir, and probes again when either changes.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+
+from edge_saliency import providers
+from edge_saliency.errors import UserError
+
+log = logging.getLogger("edge_saliency")
+
+ENGINES = ("onnxruntime", "openvino")
+PROBE_RUNS = 30
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip()
+    return (text.splitlines()[0] if text else type(exc).__name__)[:300]
+
+
+class OnnxRuntimeEngine:
+    name = "onnxruntime"
+
+    def __init__(self, path: str, provider: str | None = "auto", threads: int | None = None):
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 3
+        if threads:
+            opts.intra_op_num_threads = threads
+            opts.inter_op_num_threads = 1
+        requested = providers.resolve(provider, ort.get_available_providers())
+        try:
+            self.session = ort.InferenceSession(path, opts, providers=requested)
+        except Exception as exc:
+            raise UserError(f"cannot load {path} with ONNX Runtime: {_first_line(exc)}") from exc
+        self.providers = self.session.get_providers()
+        if self.providers[0] != requested[0]:
+            log.warning("asked for %s, ONNX Runtime runs on %s (fell back)",
+                        providers.short_name(requested[0]), providers.short_name(self.providers[0]))
+        self.device = providers.short_name(self.providers[0])
+        self.inputs = [i.name for i in self.session.get_inputs()]
+        self.outputs = [o.name for o in self.session.get_outputs()]
+
+    def metadata(self) -> dict[str, str]:
+        return dict(self.session.get_modelmeta().custom_metadata_map)
+
+    def run(self, names: list[str], feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        return self.session.run(names, feeds)
+
+
+class OpenVINOEngine:
+    name = "openvino"
+
+    def __init__(self, path: str, device: str | None = None, threads: int | None = None):
+        try:
+            import openvino as ov
+        except ImportError as exc:
+            raise UserError("the openvino engine is not installed: pip install 'edge-saliency[openvino]'") from exc
+        core = ov.Core()
+        device = (device or "CPU").upper()
+        if device in ("AUTO", "CPU") or device not in core.available_devices:
+            if device not in ("AUTO", "CPU"):
+                raise UserError(f"OpenVINO device {device} is not present (available: {', '.join(core.available_devices)})")
+            device = "CPU"
+        config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"}
+        if threads:
+            config["INFERENCE_NUM_THREADS"] = int(threads)
+        try:
+            self.model = core.read_model(path)
+            self.compiled = core.compile_model(self.model, device, config)
+        except Exception as exc:
+            raise UserError(f"cannot load {path} with OpenVINO: {_first_line(exc)}") from exc
+        self.request = self.compiled.create_infer_request()
+        self.device = device.lower()
+        self.providers = [f"OpenVINO:{device}"]
+        self.inputs = [i.get_any_name() for i in self.model.inputs]
+        self.outputs = [o.get_any_name() for o in self.model.outputs]
+
+    def metadata(self) -> dict[str, str]:
+        rt = self.model.get_rt_info()
+        if "framework" not in rt:
+            return {}
+        return {k: v.astype(str) if hasattr(v, "astype") else str(v) for k, v in rt["framework"].items()}
+
+    def run(self, names: list[str], feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        result = self.request.infer(feeds)
+        by_name = {port.get_any_name(): value for port, value in result.items()}
+        return [np.asarray(by_name[n]) for n in names]
+
+
+def available_engines() -> list[str]:
+    found = ["onnxruntime"]
+    try:
+        import openvino  # noqa: F401
+
+        found.append("openvino")
+    except ImportError:
+        pass
+    return found
+
+
+def _engine_device_for(name: str, provider: str | None) -> str | None:
+    """--provider means an ORT provider for onnxruntime and a device (cpu, gpu, npu) for openvino."""
+    if name == "openvino":
+        return None if provider in (None, "", "auto") else provider
+    return provider
+
+
+def create(name: str, path: str, provider: str | None = "auto", threads: int | None = None):
+    if name == "onnxruntime":
+        return OnnxRuntimeEngine(path, provider, threads)
+    if name == "openvino":
+        return OpenVINOEngine(path, _engine_device_for(name, provider), threads)
+    raise UserError(f"unknown engine {name!r}; choose from: auto, {', '.join(ENGINES)}")
+
+
+# ---------------------------------------------------------------- auto: probe once, cache
+def _machine_key() -> str:
+    cpu = platform.processor() or ""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.lower().startswith(("model name", "hardware", "model")):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return f"{platform.machine()}|{cpu}|{os.cpu_count()}"
+
+
+def _model_key(path: str) -> str:
+    st = os.stat(path)
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        h.update(f.read(1 << 20))
+    return f"{st.st_size}|{h.hexdigest()[:16]}"
+
+
+def _versions() -> dict[str, str]:
+    out = {}
+    for name in available_engines():
+        mod = __import__(name)
+        out[name] = getattr(mod, "__version__", "?")
+    return out
+
+
+def probe(engine, feeds: dict[str, np.ndarray], runs: int = PROBE_RUNS) -> float:
+    """Median seconds of one run of all outputs, after a short warm-up."""
+    names = engine.outputs
+    for _ in range(3):
+        engine.run(names, feeds)
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        engine.run(names, feeds)
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times))
+
+
+def choose_auto(path: str, feeds: dict[str, np.ndarray], cache_file: Path, provider=None, threads=None):
+    """The faster engine on this machine for this model: cached, else probed (and cached)."""
+    key = {"model": _model_key(path), "machine": _machine_key(), "versions": _versions(),
+           "threads": threads, "provider": provider}
+    cache = {}
+    if cache_file.is_file():
+        try:
+            cache = json.loads(cache_file.read_text())
+        except (OSError, ValueError):
+            cache = {}
+    entry = cache.get(str(Path(path).resolve()))
+    if entry and entry.get("key") == key and entry.get("engine") in available_engines():
+        log.info("engine auto: %s (cached probe: %s)", entry["engine"],
+                 ", ".join(f"{k} {v * 1e3:.2f} ms" for k, v in entry["median_s"].items()))
+        return create(entry["engine"], path, provider, threads), entry
+    engines, figures = {}, {}
+    for name in available_engines():
+        try:
+            engines[name] = create(name, path, provider, threads)
+            figures[name] = probe(engines[name], feeds)
+        except UserError as exc:
+            log.warning("engine auto: %s unavailable: %s", name, exc)
+    if not engines:
+        raise UserError(f"no engine could load {path}")
+    best = min(figures, key=figures.get)
+    entry = {"engine": best, "median_s": figures, "key": key, "probed": time.strftime("%Y-%m-%d %H:%M:%S")}
+    cache[str(Path(path).resolve())] = entry
+    try:
+        cache_file.parent.mkdir(parents=True, exist_ok=True)
+        cache_file.write_text(json.dumps(cache, indent=1))
+    except OSError as exc:
+        log.warning("engine auto: cannot cache the choice in %s: %s", cache_file, exc)
+    log.info("engine auto: %s (probe: %s)", best, ", ".join(f"{k} {v * 1e3:.2f} ms" for k, v in figures.items()))
+    return engines[best], entry

@@ -1,0 +1,100 @@
+"""Engines: OpenVINO runs the same file as ONNX Runtime with the same results; auto probes once."""
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import sys
+
+import numpy as np
+import pytest
+
+from edge_saliency import engines, samples
+from edge_saliency.errors import UserError
+from edge_saliency.model import SaliencyModel
+
+openvino = pytest.importorskip("openvino", reason="OpenVINO is not installed (pip install 'edge-saliency[openvino]')")
+
+PHOTOS = ["chelsea", "coffee", "astronaut", "rocket"]
+
+
+@pytest.fixture(scope="module")
+def both(lite0_onnx):
+    return (SaliencyModel(lite0_onnx, provider="cpu", threads=1, engine="onnxruntime"),
+            SaliencyModel(lite0_onnx, threads=1, engine="openvino"))
+
+
+def test_openvino_reads_the_contract_from_the_same_file(both):
+    ort_model, ov_model = both
+    assert ov_model.engine_name == "openvino" and ov_model.provider == "openvino-cpu"
+    assert ov_model.info.labels == ort_model.info.labels
+    assert ov_model.info.input_size == (224, 224)
+    assert ov_model.outputs == ort_model.outputs
+
+
+@pytest.mark.parametrize("photo", PHOTOS)
+def test_openvino_matches_onnxruntime(both, photo):
+    ort_model, ov_model = both
+    frame = samples.photo(photo)
+    a, b = ort_model.predict(frame), ov_model.predict(frame)
+    assert a.class_index == b.class_index
+    np.testing.assert_allclose(a.logits, b.logits, atol=1e-3)
+    for name in ("smoe", "smoe_scales", "recipro_cam"):
+        np.testing.assert_allclose(getattr(a, name), getattr(b, name), atol=1e-3, err_msg=name)
+
+
+def test_openvino_dynamic_batch(both):
+    _, ov_model = both
+    frames = [samples.photo(p) for p in PHOTOS[:3]]
+    batch = ov_model.predict_batch(frames)
+    assert [r.label for r in batch][:2] == ["Egyptian cat", "espresso"]
+    np.testing.assert_allclose(batch[1].smoe, ov_model.predict(frames[1]).smoe, atol=1e-4)
+
+
+def test_auto_probes_once_then_uses_the_cache(lite0_onnx, tmp_path, monkeypatch, caplog):
+    monkeypatch.setenv("EDGE_SALIENCY_HOME", str(tmp_path / "home"))
+    caplog.set_level(logging.INFO, logger="edge_saliency")
+    first = SaliencyModel(lite0_onnx, threads=1, engine="auto")
+    cache = json.loads((tmp_path / "home" / "engine_choice.json").read_text())
+    (entry,) = cache.values()
+    assert set(entry["median_s"]) == {"onnxruntime", "openvino"}
+    assert entry["engine"] == min(entry["median_s"], key=entry["median_s"].get) == first.engine_name
+    assert "engine auto" in caplog.text and "(probe:" in caplog.text
+
+    def no_probe(*a, **k):
+        raise AssertionError("probed again although the cache is valid")
+
+    monkeypatch.setattr(engines, "probe", no_probe)
+    caplog.clear()
+    second = SaliencyModel(lite0_onnx, threads=1, engine="auto")
+    assert second.engine_name == first.engine_name and "(cached probe:" in caplog.text
+
+
+def test_auto_probes_again_when_the_model_changes(lite0_onnx, lite0_class_input_onnx, tmp_path, monkeypatch):
+    monkeypatch.setenv("EDGE_SALIENCY_HOME", str(tmp_path / "home"))
+    path = tmp_path / "m.onnx"
+    shutil.copy(lite0_onnx, path)
+    SaliencyModel(path, threads=1, engine="auto")
+    shutil.copy(lite0_class_input_onnx, path)  # same path, other model
+    probed = []
+    real_probe = engines.probe
+    monkeypatch.setattr(engines, "probe", lambda e, f, runs=engines.PROBE_RUNS: probed.append(e.name) or real_probe(e, f, 3))
+    SaliencyModel(path, threads=1, engine="auto")
+    assert sorted(probed) == ["onnxruntime", "openvino"]
+
+
+def test_unknown_engine(lite0_onnx):
+    with pytest.raises(UserError, match="unknown engine 'tensorflow'"):
+        SaliencyModel(lite0_onnx, engine="tensorflow")
+
+
+def test_openvino_missing_says_how_to_install(lite0_onnx, monkeypatch):
+    monkeypatch.setitem(sys.modules, "openvino", None)  # import fails as if not installed
+    with pytest.raises(UserError, match=r"pip install 'edge-saliency\[openvino\]'"):
+        SaliencyModel(lite0_onnx, engine="openvino")
+    assert engines.available_engines() == ["onnxruntime"]
+
+
+def test_openvino_unknown_device(lite0_onnx):
+    with pytest.raises(UserError, match="OpenVINO device NPU is not present"):
+        SaliencyModel(lite0_onnx, engine="openvino", provider="npu")
