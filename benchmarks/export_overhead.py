@@ -110,6 +110,45 @@ def run_schedule(paths: dict[str, Path], image: np.ndarray, threads: int, runs: 
     return {n: [1e3 * t for t in ts[:runs]] for n, ts in times.items()}
 
 
+def profile_ops(paths: dict[str, Path], image: np.ndarray, threads: int, rounds: int) -> dict[str, dict[str, float]]:
+    """ORT's own per-kernel times (ms per run, summed by op type), variants interleaved, nospin."""
+    import onnxruntime as ort
+
+    sessions = {}
+    with tempfile.TemporaryDirectory(prefix="ort_profile_") as tmp:
+        for i, (n, p) in enumerate(paths.items()):
+            so = ort.SessionOptions()
+            so.intra_op_num_threads, so.inter_op_num_threads = threads, 1
+            so.log_severity_level = 3
+            so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+            so.enable_profiling = True
+            so.profile_file_prefix = str(Path(tmp) / f"v{i}")
+            sessions[n] = ort.InferenceSession(str(p), so, providers=["CPUExecutionProvider"])
+        for _ in range(rounds):
+            for s in sessions.values():
+                s.run(None, {"image": image})
+        out = {}
+        for n, s in sessions.items():
+            events = json.loads(Path(s.end_profiling()).read_text())
+            ops: dict[str, float] = {}
+            for e in events:
+                if e.get("cat") == "Node" and e.get("name", "").endswith("_kernel_time"):
+                    op = e["args"]["op_name"]
+                    ops[op] = ops.get(op, 0.0) + e["dur"] / 1e3 / rounds
+            out[n] = dict(sorted(ops.items(), key=lambda kv: -kv[1]))
+    return out
+
+
+def profile_table(prof: dict[str, dict[str, float]]) -> str:
+    names = list(prof)
+    ops = sorted({op for p in prof.values() for op in p}, key=lambda op: -max(p.get(op, 0) for p in prof.values()))
+    lines = ["| op (ms per run) | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
+    for op in ops:
+        lines.append(f"| {op} | " + " | ".join(f"{prof[n].get(op, 0.0):.3f}" for n in names) + " |")
+    lines.append("| **sum of kernels** | " + " | ".join(f"**{sum(prof[n].values()):.3f}**" for n in names) + " |")
+    return "\n".join(lines)
+
+
 def summarise(times: dict[str, list[float]], base: str, group: int) -> dict[str, dict]:
     """Ratio of medians (the issue's measure) and, robust to load that drifts during the run,
     the median over rounds (nospin) or blocks of the ratio to ``base`` within that round/block."""
@@ -146,6 +185,8 @@ def main(argv=None) -> int:
     ap.add_argument("--schedule", choices=["both", "nospin", "blocks"], default="both")
     ap.add_argument("--block", type=int, default=20, help="runs per block in the 'blocks' schedule")
     ap.add_argument("--variants", default="all", help="comma-separated subset of: " + ", ".join(VARIANTS))
+    ap.add_argument("--profile", type=int, default=100,
+                    help="rounds of ORT kernel profiling after the timing (0: none)")
     ap.add_argument("--models", help="reuse exported models: name=path;name=path (skips the export)")
     ap.add_argument("--results", default=str(ROOT / "benchmarks" / "results" / "export_overhead"),
                     help="path stem for the .md and .json results ('' to skip writing)")
@@ -164,6 +205,7 @@ def main(argv=None) -> int:
 
     from edge_saliency import samples
 
+    before_load = list(os.getloadavg())
     image = cv2.resize(samples.photo("chelsea"), (args.size, args.size), interpolation=cv2.INTER_AREA)[None]
     with tempfile.TemporaryDirectory(prefix="export_overhead_") as tmp:
         if args.models:
@@ -180,7 +222,12 @@ def main(argv=None) -> int:
             print(f"\nschedule {sched} ({time.perf_counter() - t0:.0f}s): {args.threads} threads, "
                   f"{args.runs} runs each after {args.warmup} warm-up rounds")
             print(table(results[sched]))
+        prof = profile_ops(paths, image, args.threads, args.profile) if args.profile else {}
+        if prof:
+            print(f"\nONNX Runtime kernel times, {args.profile} interleaved rounds (nospin):")
+            print(profile_table(prof))
 
+    load = {"before": before_load, "after": list(os.getloadavg())}
     machine = {
         "cpu": cpu_model(), "logical_cores": os.cpu_count(), "platform": platform.platform(),
         "python": platform.python_version(), "onnxruntime": ort.__version__,
@@ -191,7 +238,8 @@ def main(argv=None) -> int:
         "command": command.strip(), "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "machine": machine, "threads": args.threads, "input_size": args.size, "runs": args.runs,
         "warmup": args.warmup, "block": args.block, "image": "skimage chelsea, BGR, INTER_AREA to size",
-        "results": results,
+        "results": results, "kernel_profile_ms_per_run": prof,
+        "load_average": load,
     }
     if args.results:
         stem = Path(args.results)
@@ -203,6 +251,8 @@ def main(argv=None) -> int:
             f"Date: {record['date']}  ",
             f"Machine: {machine['cpu']}, {machine['logical_cores']} logical cores, "
             f"onnxruntime {machine['onnxruntime']}, Python {machine['python']}  ",
+            f"Load average (1, 5, 15 min) before: {', '.join(f'{x:.2f}' for x in load['before'])}; "
+            f"after: {', '.join(f'{x:.2f}' for x in load['after'])}  ",
             f"Setting: {args.size}x{args.size}, CPU provider, {args.threads} intra-op threads, "
             f"sequential, median of {args.runs} runs per variant after {args.warmup} warm-up rounds, "
             "variants interleaved in one process.", "",
@@ -216,6 +266,10 @@ def main(argv=None) -> int:
                "measure the issue asks for). Paired ratio: median over rounds (nospin) or blocks "
                "(blocks) of the variant's latency / `none`'s latency in the same round or block; "
                "it is less sensitive to load that changes during the run.", ""]
+        if prof:
+            md += [f"## Where the time goes: ONNX Runtime kernel times ({args.profile} rounds, interleaved, nospin)",
+                   "", "Summed by op type; `ReorderOutput`/`ReorderInput` are ORT's NCHWc layout "
+                   "conversions.", "", profile_table(prof), ""]
         stem.with_suffix(".md").write_text("\n".join(md))
         print(f"\nwrote {stem.with_suffix('.md')} and {stem.with_suffix('.json')}")
     return 0
