@@ -37,11 +37,14 @@ def _first_line(exc: Exception) -> str:
 class OnnxRuntimeEngine:
     name = "onnxruntime"
 
-    def __init__(self, path: str, provider: str | None = "auto", threads: int | None = None):
+    def __init__(self, path: str, provider: str | None = "auto", threads: int | None = None,
+                 session_config: dict[str, str] | None = None):
         import onnxruntime as ort
 
         opts = ort.SessionOptions()
         opts.log_severity_level = 3
+        for key, value in (session_config or {}).items():  # e.g. session.intra_op.allow_spinning
+            opts.add_session_config_entry(key, value)
         if threads:
             opts.intra_op_num_threads = threads
             opts.inter_op_num_threads = 1
