@@ -43,27 +43,26 @@ def group_size(channels: int, eps: float, largest: int = GROUP) -> int:
 
 
 def _channel_mean(x: torch.Tensor, scale: float) -> torch.Tensor:
-    """scale * sum over channels of [N, C, H, W] -> [N, 1, H, W], as one MatMul (MLAS GEMM in ONNX
-    Runtime: faster and more exact than ReduceMean over the channel axis)."""
-    c, h, w = (int(d) for d in x.shape[1:])  # constants in the graph: no shape ops
-    ones = torch.full((1, c), scale, dtype=x.dtype)
-    return torch.matmul(ones, x.reshape(-1, c, h * w)).reshape(-1, 1, h, w)
+    """scale * sum over channels of [N, C, P] -> [N, 1, P], as one MatMul (MLAS GEMM in ONNX
+    Runtime: faster than ReduceMean over the channel axis)."""
+    ones = torch.full((1, int(x.shape[1])), scale, dtype=x.dtype)
+    return torch.matmul(ones, x)
 
 
 def smoe_scale(a: torch.Tensor, clamp: bool = False, eps: float = EPS) -> torch.Tensor:
     """[N, C, H, W] non-negative activation -> [N, 1, H, W] SMOE Scale statistic."""
     if clamp:
         a = torch.relu(a)
-    x = a + eps
-    c = int(x.shape[1])
+    c, h, w = (int(d) for d in a.shape[1:])  # constants in the graph: no shape ops
+    x = a.reshape(-1, c, h * w) + eps  # [N, C, P]: one reshape in, one out
     m = _channel_mean(x, 1.0 / c)
     p = x
     for _ in range(int(math.log2(group_size(c, eps)))):
-        half = int(p.shape[1]) // 2  # channel halves: contiguous in NCHW, one Split in ORT
+        half = int(p.shape[1]) // 2  # channel halves: contiguous, one Split in ONNX Runtime
         p = p[:, :half] * p[:, half:]
     mean_ln = _channel_mean(torch.log(p), 1.0 / c)
     # m * (log2 m - mean_c log2 x)
-    return m * (torch.log(m) - mean_ln) * (1.0 / _LN2)
+    return (m * (torch.log(m) - mean_ln) * (1.0 / _LN2)).reshape(-1, 1, h, w)
 
 
 def _power_of_two_ratio(src: int, dst: int) -> bool:
