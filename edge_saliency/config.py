@@ -1,0 +1,288 @@
+"""The daemon's settings: one TOML file with every flag, CLI flags on top of it.
+
+    cfg = load_config(Path("/etc/edge-saliency/config.toml"), cli={"listen": "0.0.0.0:8080"})
+    cfg.listen, cfg.model, cfg.view ...
+
+Keys are the `edge-saliency serve` flags with '_' for '-' (`--jpeg-quality` -> `jpeg_quality`),
+all top-level (see deploy/config.example.toml). An unknown key, a table, a value of the wrong type
+or out of range is rejected at start with the key named, as one line (UserError). The bearer token
+may also come from $EDGE_SALIENCY_TOKEN, which wins over the file (keep secrets out of files you
+share).
+"""
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from edge_saliency.errors import UserError
+
+TOKEN_ENV = "EDGE_SALIENCY_TOKEN"
+
+
+class ConfigError(UserError):
+    """A bad key or value in the config file or on the command line (names the key)."""
+
+
+@dataclass(frozen=True)
+class Option:
+    name: str
+    kind: type  # str, int, float, bool
+    default: Any
+    help: str
+    check: Callable[[Any], str | None] | None = None  # value -> problem (None if fine)
+    nullable: bool = False  # may be left unset (None): "automatic"
+
+
+def _range(lo=None, hi=None):
+    def check(v):
+        if lo is not None and v < lo:
+            return f"must be at least {lo}"
+        if hi is not None and v > hi:
+            return f"must be at most {hi}"
+        return None
+    return check
+
+
+def _choice(choices):
+    choices = tuple(choices)
+
+    def check(v):
+        return None if v in choices else f"must be one of: {', '.join(choices)}"
+    return check
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    """'127.0.0.1:8080' | '[::1]:8080' | ':8080' (= 127.0.0.1) -> (host, port)."""
+    m = re.fullmatch(r"(?:\[([0-9A-Fa-f:.]+)\]|([A-Za-z0-9.\-]*)):(\d{1,5})", text.strip())
+    if not m:
+        raise ValueError("must be HOST:PORT, e.g. 127.0.0.1:8080")
+    host = m.group(1) or m.group(2) or "127.0.0.1"
+    port = int(m.group(3))
+    if not 0 <= port <= 65535:
+        raise ValueError("port must be 0..65535")
+    return host, port
+
+
+def _listen_check(v):
+    try:
+        parse_listen(v)
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
+def _token_check(v):
+    if len(v) < 8:
+        return "must be at least 8 characters"
+    if any(c.isspace() for c in v) or not v.isprintable():
+        return "must be printable, without spaces"
+    return None
+
+
+def _options() -> list[Option]:
+    from edge_saliency.render import COLORMAPS, VIEWS
+
+    return [
+        Option("model", str, None, "edge-saliency ONNX file (default: the pretrained EfficientNet-Lite0)", nullable=True),
+        Option("source", str, None, "camera index or /dev/videoN, video file, image folder, rtsp:// URL, GStreamer "
+               "pipeline, 'demo' or 'synthetic' (default: camera 0 if it opens, else demo)", nullable=True),
+        Option("provider", str, "auto", "ONNX Runtime execution provider: auto, cpu, cuda, tensorrt, ..."),
+        Option("threads", int, None, "ONNX Runtime intra-op threads (default: ORT's choice)", _range(1, 256), nullable=True),
+        Option("realtime", bool, True, "play files and generated sources at their own FPS (false: every frame, "
+               "as fast as inference goes)"),
+        Option("loop", bool, True, "replay a finite source (video file, images) from the start when it ends"),
+        Option("stale_after", float, None, "seconds without a frame before the camera counts as gone "
+               "(default: max(1, 3/FPS))", _range(0.05, 3600), nullable=True),
+        Option("listen", str, "127.0.0.1:8080", "HOST:PORT of the HTTP API (port 0: any free port)", _listen_check),
+        Option("token", str, None, f"bearer token required on every endpoint but /healthz (or ${TOKEN_ENV})",
+               _token_check, nullable=True),
+        Option("view", str, "fastcam", "default view of the page and of /stream.mjpg", _choice(VIEWS)),
+        Option("alpha", float, 0.5, "map opacity over the frame, 0..1", _range(0.0, 1.0)),
+        Option("colormap", str, "jet", "OpenCV colour map for the map views", _choice(sorted(COLORMAPS))),
+        Option("hud", bool, True, "draw labels, FPS and timings on the streamed frames"),
+        Option("topk", int, 5, "classes in /api/latest and on the page", _range(1, 100)),
+        Option("class", str, None, "explain this class (name or index) instead of the top-1 (model exported "
+               "with --class-input)", nullable=True),
+        Option("jpeg_quality", int, 80, "JPEG quality of streamed frames, 1..100", _range(1, 100)),
+        Option("stream_fps", float, 15.0, "most frames per second sent to each stream (0: every processed frame)",
+               _range(0.0, 240.0)),
+        Option("max_viewers", int, 32, "most concurrent /stream.mjpg viewers (more get 503)", _range(1, 10000)),
+        Option("max_body", int, 65536, "largest request body accepted, bytes (more get 413)", _range(0, 16 << 20)),
+        Option("health_stale", float, 3.0, "seconds without a processed frame before /healthz says 503",
+               _range(0.1, 3600)),
+        Option("explain_queue", int, 4, "explain jobs waiting at most (more get 429)", _range(1, 1000)),
+        Option("explain_budget", int, 1000, "model queries per black-box explain job (decam, maskopt, rise)",
+               _range(2, 10_000_000)),
+        Option("jobs_kept", int, 64, "finished explain jobs kept for GET /api/jobs/<id>", _range(1, 100000)),
+        Option("access_log", bool, False, "log every HTTP request"),
+        Option("log_level", str, "info", "debug, info, warning or error", _choice(("debug", "info", "warning", "error"))),
+    ]
+
+
+OPTIONS: dict[str, Option] = {}
+
+
+def options() -> dict[str, Option]:
+    if not OPTIONS:
+        OPTIONS.update({o.name: o for o in _options()})
+    return OPTIONS
+
+
+class Config:
+    """Attribute access to the merged settings (`cfg.jpeg_quality`, `cfg["class"]`)."""
+
+    def __init__(self, values: dict, origin: dict):
+        self._values = dict(values)
+        self.origin = dict(origin)  # key -> "default" | file path | "command line" | "environment"
+
+    def __getattr__(self, name):
+        try:
+            return self._values[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    def __getitem__(self, name):
+        return self._values[name]
+
+    def as_dict(self) -> dict:
+        return dict(self._values)
+
+    @property
+    def host_port(self) -> tuple[str, int]:
+        return parse_listen(self.listen)
+
+
+def _coerce(opt: Option, value, where: str, from_text: bool):
+    """A raw value (TOML-typed, or text from the command line) -> the option's type, checked."""
+    def bad(why: str):
+        shown = repr(value) if not isinstance(value, str) or len(value) < 80 else repr(value[:77] + "...")
+        return ConfigError(f"{where}: {why}, got {shown}")
+
+    if value is None:
+        if opt.nullable:
+            return None
+        raise bad("must be set")
+    kind = opt.kind
+    if from_text and isinstance(value, str):
+        text = value.strip()
+        try:
+            if kind is bool:
+                low = text.lower()
+                if low not in ("true", "false", "1", "0", "yes", "no", "on", "off"):
+                    raise ValueError
+                value = low in ("true", "1", "yes", "on")
+            elif kind is int:
+                value = int(text)
+            elif kind is float:
+                value = float(text)
+        except ValueError:
+            raise bad(f"must be {'true or false' if kind is bool else 'an integer' if kind is int else 'a number'}") from None
+    if kind is bool and not isinstance(value, bool):
+        raise bad("must be true or false")
+    if kind is int and (isinstance(value, bool) or not isinstance(value, int)):
+        raise bad("must be an integer")
+    if kind is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise bad("must be a number")
+        value = float(value)
+        if value != value or value in (float("inf"), float("-inf")):
+            raise bad("must be a finite number")
+    if kind is str:
+        if opt.name == "class" and isinstance(value, int) and not isinstance(value, bool):
+            value = str(value)
+        if not isinstance(value, str):
+            raise bad("must be a string")
+        if opt.nullable and value == "" and opt.name != "token":
+            return None
+    if opt.check is not None:
+        problem = opt.check(value)
+        if problem:
+            raise bad(problem)
+    return value
+
+
+def read_file(path: str | os.PathLike) -> dict:
+    """Parse a TOML config file (no checks of the keys yet)."""
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        try:
+            import tomli as tomllib  # type: ignore[no-redef]
+        except ModuleNotFoundError:
+            raise ConfigError("reading a TOML config needs Python 3.11+ (or `pip install tomli` on 3.10)") from None
+    p = Path(path)
+    try:
+        data = p.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except IsADirectoryError:
+        raise ConfigError(f"config file {path} is a directory") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from None
+    try:
+        return tomllib.loads(data.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not UTF-8 text") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+
+
+def load_config(path: str | os.PathLike | None = None, cli: dict | None = None, env=None) -> Config:
+    """Defaults < config file < $EDGE_SALIENCY_TOKEN (token only) < command-line flags."""
+    opts = options()
+    env = os.environ if env is None else env
+    values = {name: o.default for name, o in opts.items()}
+    origin = {name: "default" for name in opts}
+    if path is not None:
+        raw = read_file(path)
+        for key, value in raw.items():
+            if key not in opts:
+                what = "table" if isinstance(value, dict) else "key"
+                close = [k for k in opts if k.replace("_", "") == key.replace("-", "").replace("_", "").lower()]
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                raise ConfigError(f"{path}: unknown {what} {key!r}{hint}; known keys: {', '.join(opts)}")
+            values[key] = _coerce(opts[key], value, f"{path}: key {key!r}", from_text=False)
+            origin[key] = str(path)
+    token = env.get(TOKEN_ENV)
+    if token is not None:
+        values["token"] = _coerce(opts["token"], token, f"${TOKEN_ENV}", from_text=True)
+        origin["token"] = "environment"
+    for key, value in (cli or {}).items():
+        if key not in opts:
+            raise ConfigError(f"unknown option {key!r}")
+        flag = "--" + key.replace("_", "-")
+        values[key] = _coerce(opts[key], value, f"{flag}", from_text=True)
+        origin[key] = "command line"
+    return Config(values, origin)
+
+
+def add_arguments(parser) -> None:
+    """One flag per option, defaulting to 'not given' so the config file shows through."""
+    import argparse
+
+    for name, o in options().items():
+        if name == "token":  # a secret on the command line shows in `ps`: file or environment only
+            continue
+        flag = "--" + name.replace("_", "-")
+        dest = f"cfg_{name}"
+        default = "auto" if o.default is None else o.default
+        help_text = f"{o.help} (config key {name}; default: {default})"
+        if o.kind is bool:
+            parser.add_argument(flag, dest=dest, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
+                                help=help_text)
+        else:
+            parser.add_argument(flag, dest=dest, default=argparse.SUPPRESS, metavar=name.upper(), help=help_text)
+
+
+def cli_values(args) -> dict:
+    """The options given on the command line (argparse namespace -> {key: value})."""
+    out = {}
+    for name in options():
+        dest = f"cfg_{name}"
+        if hasattr(args, dest):
+            v = getattr(args, dest)
+            out[name] = ("true" if v else "false") if isinstance(v, bool) else v
+    return out

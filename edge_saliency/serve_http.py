@@ -1,0 +1,417 @@
+"""The daemon's HTTP API on one port (stdlib ThreadingHTTPServer: no dependency, one thread per
+connection, which is what long-lived MJPEG viewers need).
+
+    GET  /                      web page: live overlay, top-k, FPS, latency, view switcher
+    GET  /stream.mjpg?view=V    MJPEG (multipart/x-mixed-replace) of the overlay in view V
+    GET  /api/latest            JSON of the newest result
+    GET  /api/frame.jpg?view=V  the newest frame as JPEG (view raw by default)
+    GET  /api/map.png?map=M     the newest saliency map (smoe | recipro | fastcam), 8-bit PNG
+    POST /api/explain           {"method": ..., "class": ...} -> 202 {"job": id}
+    GET  /api/jobs/<id>         a job's state and result; /api/jobs/<id>/map.png its map
+    GET  /metrics               Prometheus text
+    GET  /healthz               200 while frames are fresh, 503 with the reason
+
+Security: an optional bearer token guards everything but /healthz (header `Authorization: Bearer
+T`, or the cookie that `/?token=T` sets for browsers); no endpoint reads or writes a path a
+request names; bodies over `max_body` get 413; anything malformed gets a 4xx; an unexpected
+error in one request is logged and answered 500, and the server goes on.
+"""
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import re
+import socket
+import time
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, urlsplit
+
+import cv2
+
+from edge_saliency.render import normalise_for_display
+from edge_saliency.serve_jobs import JobRejected
+from edge_saliency.serve_page import render_page
+from edge_saliency.serve_streams import BOUNDARY
+
+log = logging.getLogger("edge_saliency")
+
+COOKIE = "edge_saliency_token"
+JOB_PATH = re.compile(r"/api/jobs/([0-9a-f]{16})(/map\.png)?")
+MAPS = ("smoe", "recipro", "fastcam")
+SEND_TIMEOUT = 10.0  # a viewer that takes nothing for this long is dropped
+
+
+class BadRequest(Exception):
+    def __init__(self, status: int, message: str, headers: dict | None = None):
+        super().__init__(message)
+        self.status, self.message, self.headers = status, message, headers or {}
+
+
+class DaemonHTTPServer(ThreadingHTTPServer):
+    daemon_threads = True
+    block_on_close = False
+    allow_reuse_address = True
+    request_queue_size = 64
+
+    def __init__(self, address, app):
+        self.app = app
+        host = address[0]
+        if ":" in host:
+            self.address_family = socket.AF_INET6
+        super().__init__(address, Handler)
+
+    def handle_error(self, request, client_address):  # one log line, not a traceback on stderr
+        import sys
+
+        exc = sys.exc_info()[1]
+        if isinstance(exc, (ConnectionError, TimeoutError, socket.timeout)):
+            return
+        log.warning("HTTP connection from %s failed: %s: %s", client_address[0], type(exc).__name__, exc)
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server_version = "edge-saliency"
+    sys_version = ""
+    timeout = 30  # idle keep-alive connections close after this
+    error_content_type = "application/json"
+    error_message_format = '{"error": "%(message)s", "status": %(code)d}'
+
+    # ------------------------------------------------------------------ plumbing
+    @property
+    def app(self):
+        return self.server.app
+
+    def log_message(self, fmt, *args):
+        if self.app.cfg.access_log:
+            log.info("%s %s", self.address_string(), fmt % args)
+
+    def log_error(self, fmt, *args):
+        log.debug("%s %s", self.address_string(), fmt % args)
+
+    def send_error(self, code, message=None, explain=None):
+        # the stdlib answers unknown methods with 501 and HTTP/2+ request lines with 505: those are
+        # the client's mistakes, so they get 4xx here
+        if code == HTTPStatus.NOT_IMPLEMENTED:
+            code, message = HTTPStatus.METHOD_NOT_ALLOWED, f"method {getattr(self, 'command', '?')!r} not allowed"
+        elif code == HTTPStatus.HTTP_VERSION_NOT_SUPPORTED:
+            code, message = HTTPStatus.BAD_REQUEST, "unsupported HTTP version"
+        if getattr(self, "request_version", "HTTP/0.9") == "HTTP/0.9":
+            self.request_version = "HTTP/1.0"  # a status line even for garbage request lines
+        self.app.metrics.http.labels(str(int(code))).inc()
+        message = (message or HTTPStatus(code).phrase).replace("\\", "\\\\").replace('"', '\\"')
+        message = "".join(c if c.isprintable() else "?" for c in message)[:300]
+        super().send_error(code, message, explain)
+
+    def __getattr__(self, name):
+        if name.startswith("do_"):  # any other method: 405
+            return self._not_allowed
+        raise AttributeError(name)
+
+    def _not_allowed(self):
+        self._discard_body()
+        self._fail(BadRequest(405, f"method {self.command} not allowed", {"Allow": "GET, HEAD, POST"}))
+
+    def _reply(self, status: int, body: bytes, ctype: str, headers: dict | None = None, head: bool = False):
+        self.send_response(status)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Cache-Control", "no-store")
+        self.send_header("X-Content-Type-Options", "nosniff")
+        for k, v in (headers or {}).items():
+            self.send_header(k, v)
+        if self.close_connection:
+            self.send_header("Connection", "close")
+        self.end_headers()
+        if not head:
+            self.wfile.write(body)
+        self.app.metrics.http.labels(str(status)).inc()
+
+    def _json(self, status: int, data, headers: dict | None = None):
+        self._reply(status, json.dumps(data).encode("utf-8"), "application/json", headers,
+                    head=self.command == "HEAD")
+
+    def _fail(self, exc: BadRequest):
+        self._json(exc.status, {"error": exc.message, "status": exc.status}, exc.headers)
+
+    def _discard_body(self):
+        """Unread body bytes would be taken for the next request: close the connection instead."""
+        if self.headers.get("Content-Length") not in (None, "0") or self.headers.get("Transfer-Encoding"):
+            self.close_connection = True
+
+    # ------------------------------------------------------------------ methods
+    def do_GET(self):
+        self._dispatch("GET")
+
+    def do_HEAD(self):
+        self._dispatch("HEAD")
+
+    def do_POST(self):
+        self._dispatch("POST")
+
+    def _dispatch(self, method: str):
+        try:
+            if len(self.path) > 2048:
+                raise BadRequest(414, "URL too long")
+            parts = urlsplit(self.path)
+            path = parts.path
+            if not path.startswith("/"):
+                raise BadRequest(400, "request target must be a path")
+            try:
+                query = parse_qs(parts.query, keep_blank_values=True, strict_parsing=False, max_num_fields=20,
+                                 errors="strict")
+            except (ValueError, UnicodeDecodeError):
+                raise BadRequest(400, "malformed query string") from None
+            if path != "/healthz" and not self._authorised(path, query):
+                self._discard_body()
+                raise BadRequest(401, "missing or wrong bearer token", {"WWW-Authenticate": 'Bearer realm="edge-saliency"'})
+            if method == "POST":
+                if path != "/api/explain":
+                    self._discard_body()
+                    raise BadRequest(405 if path in GET_ROUTES else 404,
+                                     f"POST not allowed on {path}" if path in GET_ROUTES else "no such endpoint",
+                                     {"Allow": "GET, HEAD"} if path in GET_ROUTES else None)
+                return self._explain(query)
+            route = GET_ROUTES.get(path)
+            if route is None:
+                m = JOB_PATH.fullmatch(path)
+                if path == "/api/explain":
+                    self._discard_body()
+                    raise BadRequest(405, "use POST for /api/explain", {"Allow": "POST"})
+                if m is None:
+                    self._discard_body()
+                    raise BadRequest(404, "no such endpoint")
+                return self._job(m.group(1), bool(m.group(2)), query)
+            self._discard_body()
+            return route(self, query)
+        except BadRequest as exc:
+            self._fail(exc)
+        except _Handled:
+            pass
+        except (ConnectionError, TimeoutError, socket.timeout):
+            self.close_connection = True
+        except Exception as exc:  # a bug: logged, answered 500, the server goes on
+            log.exception("error answering %s %s: %s", self.command, self.path[:200], exc)
+            self.close_connection = True
+            try:
+                self._json(500, {"error": f"internal error: {type(exc).__name__}", "status": 500})
+            except Exception:
+                pass
+
+    # ------------------------------------------------------------------ auth
+    def _authorised(self, path: str, query: dict) -> bool:
+        token = self.app.cfg.token
+        if not token:
+            return True
+        given = None
+        auth = self.headers.get("Authorization", "")
+        if auth[:7].lower() == "bearer ":
+            given = auth[7:].strip()
+        else:
+            for part in self.headers.get("Cookie", "").split(";"):
+                name, _, value = part.strip().partition("=")
+                if name == COOKIE:
+                    given = value
+        if given is not None and hmac.compare_digest(given.encode("utf-8", "replace"), token.encode("utf-8")):
+            return True
+        if path == "/" and "token" in query:  # a browser's way in: set a cookie, then reload without the token
+            given = query["token"][-1]
+            if hmac.compare_digest(given.encode("utf-8", "replace"), token.encode("utf-8")):
+                self._reply(303, b"", "text/plain", {"Location": "/", "Set-Cookie":
+                            f"{COOKIE}={token}; HttpOnly; SameSite=Strict; Path=/"})
+                raise _Handled
+        return False
+
+    # ------------------------------------------------------------------ endpoints
+    def _params(self, query: dict, allowed: dict) -> dict:
+        """{name: choices or None}: unknown or repeated parameters and bad values are 400."""
+        out = {}
+        for name, values in query.items():
+            if name not in allowed:
+                raise BadRequest(400, f"unknown query parameter {name!r}; allowed: {', '.join(allowed) or 'none'}")
+            if len(values) != 1:
+                raise BadRequest(400, f"query parameter {name!r} given {len(values)} times")
+            choices = allowed[name]
+            if choices is not None and values[0] not in choices:
+                raise BadRequest(400, f"{name}={values[0][:40]!r} is not one of: {', '.join(choices)}")
+            out[name] = values[0]
+        return out
+
+    def page(self, query):
+        self._params(query, {})
+        app = self.app
+        body = render_page(app.views, app.cfg.view, app.engine.source.describe())
+        self._reply(200, body, "text/html; charset=utf-8", {"Content-Security-Policy":
+                    "default-src 'self'; img-src 'self'; style-src 'unsafe-inline'; script-src 'unsafe-inline' 'self'"},
+                    head=self.command == "HEAD")
+
+    def latest(self, query):
+        self._params(query, {})
+        snap = self.app.engine.latest
+        if snap is None:
+            raise BadRequest(503, "no frame processed yet", {"Retry-After": "1"})
+        rec = dict(snap.record)
+        rec["age_ms"] = round((time.perf_counter() - snap.t_done) * 1e3, 1)
+        rec["fps"] = round(self.app.engine.fps, 2)
+        self._json(200, rec)
+
+    def frame_jpg(self, query):
+        p = self._params(query, {"view": self.app.views})
+        snap = self.app.engine.latest
+        if snap is None:
+            raise BadRequest(503, "no frame processed yet", {"Retry-After": "1"})
+        view = p.get("view", "raw")
+        img = snap.frame.image if view == "raw" else self.app.make_renderer(view).render(snap.frame.image, snap.result,
+                                                                                        self.app.engine.hud)
+        ok, buf = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, self.app.cfg.jpeg_quality])
+        self._reply(200, buf.tobytes(), "image/jpeg", {"X-Frame-Id": str(snap.frame.id)}, head=self.command == "HEAD")
+
+    def map_png(self, query):
+        maps = [m for m in MAPS if self.app.engine.latest is None or self.app.engine.latest.result.map(m) is not None]
+        p = self._params(query, {"map": maps})
+        snap = self.app.engine.latest
+        if snap is None:
+            raise BadRequest(503, "no frame processed yet", {"Retry-After": "1"})
+        name = p.get("map", self.app.engine.region_map)
+        m = snap.result.map(name)
+        if m is None:
+            raise BadRequest(404, f"this model has no {name} map")
+        ok, buf = cv2.imencode(".png", normalise_for_display(m))
+        self._reply(200, buf.tobytes(), "image/png", {"X-Frame-Id": str(snap.frame.id), "X-Map": name},
+                    head=self.command == "HEAD")
+
+    def metrics(self, query):
+        self._params(query, {})
+        body, ctype = self.app.metrics.render()
+        self._reply(200, body, ctype, head=self.command == "HEAD")
+
+    def healthz(self, query):
+        self._params(query, {})
+        ok, reason = self.app.engine.health()
+        self.app.metrics.healthy.set(1 if ok else 0)
+        self._json(200 if ok else 503, {"status": "ok" if ok else "unavailable", "reason": reason})
+
+    def stream(self, query):
+        p = self._params(query, {"view": self.app.views})
+        view = p.get("view", self.app.cfg.view)
+        if self.command == "HEAD":
+            return self._reply(200, b"", f"multipart/x-mixed-replace; boundary={BOUNDARY}", head=True)
+        enc = self.app.streams.try_attach(view)
+        if enc is None:
+            raise BadRequest(503, f"too many viewers (max_viewers = {self.app.cfg.max_viewers})", {"Retry-After": "5"})
+        try:
+            self.close_connection = True
+            self.send_response(200)
+            self.send_header("Content-Type", f"multipart/x-mixed-replace; boundary={BOUNDARY}")
+            self.send_header("Cache-Control", "no-store")
+            self.send_header("X-Content-Type-Options", "nosniff")
+            self.send_header("Connection", "close")
+            self.end_headers()
+            self.app.metrics.http.labels("200").inc()
+            self.connection.settimeout(SEND_TIMEOUT)
+            sent = 0
+            counter = self.app.metrics.stream_frames.labels(view)
+            while not self.app.streams.closed.is_set() and not enc.closed:
+                item = enc.wait_newer(sent, timeout=0.5)
+                if item is None:
+                    continue
+                sent = item.seq
+                head = (f"--{BOUNDARY}\r\nContent-Type: image/jpeg\r\nContent-Length: {len(item.jpeg)}\r\n"
+                        f"X-Frame-Id: {item.frame_id}\r\n\r\n").encode("ascii")
+                self.wfile.write(head + item.jpeg + b"\r\n")
+                self.wfile.flush()
+                counter.inc()
+            try:
+                self.wfile.write(f"--{BOUNDARY}--\r\n".encode("ascii"))
+            except OSError:
+                pass
+        except (ConnectionError, TimeoutError, socket.timeout):
+            pass
+        finally:
+            enc.detach()
+
+    def _explain(self, query):
+        self._params(query, {})
+        if self.headers.get("Transfer-Encoding"):
+            self.close_connection = True
+            raise BadRequest(411, "send the body with Content-Length (no chunked transfer)")
+        length_text = self.headers.get("Content-Length", "0")
+        if not length_text.isdigit():
+            self.close_connection = True
+            raise BadRequest(400, "bad Content-Length")
+        length = int(length_text)
+        if length > self.app.cfg.max_body:
+            self.close_connection = True
+            raise BadRequest(413, f"body of {length} bytes is over the limit of {self.app.cfg.max_body}")
+        body = self.rfile.read(length) if length else b""
+        if len(body) != length:
+            self.close_connection = True
+            raise BadRequest(400, "body shorter than Content-Length")
+        params = {}
+        if body.strip():
+            ctype = self.headers.get("Content-Type", "application/json").split(";")[0].strip().lower()
+            if ctype != "application/json":
+                raise BadRequest(415, "send the body as application/json")
+            try:
+                params = json.loads(body)
+            except (ValueError, UnicodeDecodeError) as exc:
+                raise BadRequest(400, f"body is not valid JSON: {str(exc)[:120]}") from None
+            if not isinstance(params, dict):
+                raise BadRequest(400, "body must be a JSON object like {\"method\": \"rise\", \"class\": 285}")
+        unknown = set(params) - {"method", "class"}
+        if unknown:
+            raise BadRequest(400, f"unknown field {sorted(unknown)[0]!r}; allowed: method, class")
+        app = self.app
+        method = params.get("method", app.jobs.methods[0] if "fastcam" not in app.jobs.methods else "fastcam")
+        if not isinstance(method, str):
+            raise BadRequest(400, "method must be a string")
+        cls = params.get("class")
+        class_index = None
+        if cls is not None:
+            if isinstance(cls, bool) or not isinstance(cls, (int, str)):
+                raise BadRequest(400, "class must be a class index or a label")
+            labels = app.model.labels
+            if isinstance(cls, int):
+                if not 0 <= cls < len(labels):
+                    raise BadRequest(400, f"class {cls} out of range 0..{len(labels) - 1}")
+                class_index = cls
+            else:
+                low = [lbl.lower() for lbl in labels]
+                if cls.lower() not in low:
+                    raise BadRequest(400, f"no class named {cls[:60]!r}")
+                class_index = low.index(cls.lower())
+        try:
+            job = app.jobs.submit(method, class_index, app.engine.latest)
+        except JobRejected as exc:
+            raise BadRequest(exc.status, str(exc), {"Retry-After": "2"} if exc.status in (429, 503) else None) from None
+        self._json(202, {"job": job.id, "state": job.state, "url": f"/api/jobs/{job.id}"},
+                   {"Location": f"/api/jobs/{job.id}"})
+
+    def _job(self, job_id: str, map_png: bool, query):
+        self._params(query, {})
+        job = self.app.jobs.get(job_id)
+        if job is None:
+            raise BadRequest(404, "no such job (unknown, or dropped after jobs_kept newer ones)")
+        if not map_png:
+            return self._json(200, job.as_dict())
+        if job.map_png is None:
+            raise BadRequest(404 if job.state in ("done", "failed") else 409, f"job is {job.state}: no map")
+        self._reply(200, job.map_png, "image/png", head=self.command == "HEAD")
+
+
+class _Handled(Exception):
+    """The response was already sent (e.g. the token cookie redirect)."""
+
+
+GET_ROUTES = {
+    "/": Handler.page,
+    "/index.html": Handler.page,
+    "/stream.mjpg": Handler.stream,
+    "/api/latest": Handler.latest,
+    "/api/frame.jpg": Handler.frame_jpg,
+    "/api/map.png": Handler.map_png,
+    "/metrics": Handler.metrics,
+    "/healthz": Handler.healthz,
+}

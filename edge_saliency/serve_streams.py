@@ -1,0 +1,163 @@
+"""MJPEG streams: one encoder per view, shared by all of that view's viewers.
+
+An encoder thread starts with the first viewer of a view and stops a few seconds after the last
+one leaves. It renders and JPEG-encodes each new snapshot once (at most `max_fps` a second) and
+keeps only the newest JPEG. Each viewer's own HTTP thread sends the newest JPEG it has not sent
+yet, so a slow viewer skips frames; neither it nor the encoder ever holds up inference.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+import cv2
+
+from edge_saliency.render import Renderer
+
+log = logging.getLogger("edge_saliency")
+
+BOUNDARY = "edgesaliencyframe"
+IDLE_STOP = 3.0  # seconds an encoder lingers after its last viewer left
+
+
+class Encoded:
+    __slots__ = ("seq", "jpeg", "frame_id")
+
+    def __init__(self, seq: int, jpeg: bytes, frame_id: int):
+        self.seq, self.jpeg, self.frame_id = seq, jpeg, frame_id
+
+
+class ViewEncoder:
+    def __init__(self, view: str, engine, renderer: Renderer, quality: int = 80, max_fps: float = 15.0, metrics=None):
+        self.view = view
+        self.engine = engine
+        self.renderer = renderer
+        self.quality = quality
+        self.min_period = 1.0 / max_fps if max_fps > 0 else 0.0
+        self.metrics = metrics
+        self.viewers = 0
+        self._cond = threading.Condition()
+        self._latest: Encoded | None = None
+        self._thread: threading.Thread | None = None
+        self._closed = threading.Event()
+        self._idle_since: float | None = None
+
+    def attach(self) -> None:
+        with self._cond:
+            self.viewers += 1
+            self._idle_since = None
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name=f"encoder-{self.view}", daemon=True)
+                self._thread.start()
+        if self.metrics is not None:
+            self.metrics.viewers.labels(self.view).set(self.viewers)
+
+    def detach(self) -> None:
+        with self._cond:
+            self.viewers -= 1
+            if self.viewers == 0:
+                self._idle_since = time.perf_counter()
+        if self.metrics is not None:
+            self.metrics.viewers.labels(self.view).set(self.viewers)
+
+    def close(self) -> None:
+        self._closed.set()
+        with self._cond:
+            self._cond.notify_all()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed.is_set()
+
+    def wait_newer(self, after_seq: int, timeout: float) -> Encoded | None:
+        deadline = time.perf_counter() + timeout
+        with self._cond:
+            while self._latest is None or self._latest.seq <= after_seq:
+                remaining = deadline - time.perf_counter()
+                if remaining <= 0 or self._closed.is_set():
+                    return None
+                self._cond.wait(remaining)
+            return self._latest
+
+    def encode(self, snap) -> bytes:
+        """Render one snapshot in this view and JPEG-encode it."""
+        t0 = time.perf_counter()
+        img = self.renderer.render(snap.frame.image, snap.result, self.engine.hud)
+        t1 = time.perf_counter()
+        ok, buf = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, self.quality])
+        t2 = time.perf_counter()
+        if self.metrics is not None:
+            self.metrics.observe_stage("render", t1 - t0)
+            self.metrics.observe_stage("encode", t2 - t1)
+        if not ok:
+            raise RuntimeError("JPEG encoding failed")
+        return buf.tobytes()
+
+    def _run(self) -> None:
+        last = 0
+        t_last = 0.0
+        while not self._closed.is_set():
+            with self._cond:
+                if self.viewers == 0 and self._idle_since is not None and time.perf_counter() - self._idle_since > IDLE_STOP:
+                    self._thread = None
+                    return
+            snap = self.engine.wait_newer(last, timeout=0.25)
+            if snap is None:
+                continue
+            wait = self.min_period - (time.perf_counter() - t_last)
+            if wait > 0:
+                if self._closed.wait(wait):
+                    break
+                snap = self.engine.latest or snap  # the newest one after the pause
+            last = snap.seq
+            t_last = time.perf_counter()
+            try:
+                jpeg = self.encode(snap)
+            except Exception as exc:  # logged; the stream goes on with the next frame
+                log.warning("%s stream: cannot render frame %d: %s", self.view, snap.frame.id, exc)
+                continue
+            with self._cond:
+                self._latest = Encoded(snap.seq, jpeg, snap.frame.id)
+                self._cond.notify_all()
+
+
+class Streams:
+    """The encoders, one per view, made on first use."""
+
+    def __init__(self, engine, make_renderer, views, quality: int, max_fps: float, max_viewers: int, metrics=None):
+        self.engine = engine
+        self.make_renderer = make_renderer  # view -> Renderer
+        self.views = list(views)
+        self.quality, self.max_fps, self.max_viewers = quality, max_fps, max_viewers
+        self.metrics = metrics
+        self._encoders: dict[str, ViewEncoder] = {}
+        self._lock = threading.Lock()
+        self.closed = threading.Event()
+
+    @property
+    def viewers(self) -> int:
+        return sum(e.viewers for e in self._encoders.values())
+
+    def encoder(self, view: str) -> ViewEncoder:
+        with self._lock:
+            enc = self._encoders.get(view)
+            if enc is None:
+                enc = ViewEncoder(view, self.engine, self.make_renderer(view), self.quality, self.max_fps, self.metrics)
+                self._encoders[view] = enc
+            return enc
+
+    def try_attach(self, view: str) -> ViewEncoder | None:
+        """The view's encoder with one more viewer, or None when max_viewers are connected."""
+        with self._lock:
+            if self.closed.is_set() or sum(e.viewers for e in self._encoders.values()) >= self.max_viewers:
+                return None
+        enc = self.encoder(view)
+        enc.attach()
+        return enc
+
+    def close(self) -> None:
+        self.closed.set()
+        with self._lock:
+            for enc in self._encoders.values():
+                enc.close()
