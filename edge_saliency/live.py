@@ -105,8 +105,7 @@ class LiveLoop:
         self.say = say
         self.hud = HudStats(provider=getattr(model, "provider", ""))
         self.snapshots: list[Path] = []
-        outs = set(getattr(model, "outputs", []))
-        self.region_map = "fastcam" if {"smoe", "recipro_cam"} <= outs else ("smoe" if "smoe" in outs else "recipro")
+        self.region_map = region_map_for(getattr(model, "outputs", []))
 
     # ------------------------------------------------------------------ keys
     def handle_key(self, key: int, out: np.ndarray | None, frame_id: int) -> bool:
@@ -239,25 +238,46 @@ class LiveLoop:
                 break
 
     def _record(self, frame, result, t_display: float, behind: int) -> dict:
-        h, w = frame.image.shape[:2]
-        region = salient_region(result.map(self.region_map), (w, h)) if result.map(self.region_map) is not None else None
-        return {
-            "frame": frame.id,
-            "t_capture": round(frame.wall_capture, 6),
-            "t_display": round(frame.wall_capture + (t_display - frame.t_capture), 6),
-            "latency_ms": round((t_display - frame.t_capture) * 1e3, 2),
-            "behind": behind,
-            "class": result.class_index,
-            "label": result.label,
-            "score": round(result.score, 5),
-            "topk": [[label, round(score, 5)] for label, score in result.topk[: self.topk]],
-            "view": self.renderer.view,
-            "map": self.region_map,
-            "box": region["box"] if region else None,
-            "centroid": region["centroid"] if region else None,
-            "region_area": region["area"] if region else None,
-            "timings_ms": {k: round(v * 1e3, 2) for k, v in result.timings.items()},
-        }
+        return result_record(frame, result, self.region_map, self.topk, t_done=t_display, behind=behind,
+                             view=self.renderer.view)
+
+
+def region_map_for(outputs) -> str:
+    """The map the salient region is taken from: fastcam when the model has both maps."""
+    outs = set(outputs)
+    return "fastcam" if {"smoe", "recipro_cam"} <= outs else ("smoe" if "smoe" in outs else "recipro")
+
+
+def result_record(frame, result, region_map: str, topk: int, t_done: float | None = None,
+                  behind: int | None = None, view: str | None = None) -> dict:
+    """One frame's result as JSON-ready data (the `run --log-json` line, the daemon's /api/latest).
+
+    t_done: time.perf_counter() when the result was shown/published (None: not yet)."""
+    h, w = frame.image.shape[:2]
+    saliency = result.map(region_map)
+    region = salient_region(saliency, (w, h)) if saliency is not None else None
+    rec = {"frame": frame.id, "t_capture": round(frame.wall_capture, 6)}
+    if t_done is not None:
+        rec["t_display"] = round(frame.wall_capture + (t_done - frame.t_capture), 6)
+        rec["latency_ms"] = round((t_done - frame.t_capture) * 1e3, 2)
+    if behind is not None:
+        rec["behind"] = behind
+    rec.update({
+        "class": result.class_index,
+        "label": result.label,
+        "score": round(result.score, 5),
+        "topk": [[label, round(score, 5)] for label, score in result.topk[:topk]],
+    })
+    if view is not None:
+        rec["view"] = view
+    rec.update({
+        "map": region_map,
+        "box": region["box"] if region else None,
+        "centroid": region["centroid"] if region else None,
+        "region_area": region["area"] if region else None,
+        "timings_ms": {k: round(v * 1e3, 2) for k, v in result.timings.items()},
+    })
+    return rec
 
 
 def _ema(old: float, new: float, started) -> float:
