@@ -11,6 +11,7 @@ share).
 """
 from __future__ import annotations
 
+import difflib
 import os
 import re
 from dataclasses import dataclass
@@ -157,8 +158,11 @@ class Config:
 
 def _coerce(opt: Option, value, where: str, from_text: bool):
     """A raw value (TOML-typed, or text from the command line) -> the option's type, checked."""
+    original = value
+
     def bad(why: str):
-        shown = repr(value) if not isinstance(value, str) or len(value) < 80 else repr(value[:77] + "...")
+        v = original
+        shown = repr(v) if not isinstance(v, str) or len(v) < 80 else repr(v[:77] + "...")
         return ConfigError(f"{where}: {why}, got {shown}")
 
     if value is None:
@@ -241,7 +245,7 @@ def load_config(path: str | os.PathLike | None = None, cli: dict | None = None, 
         for key, value in raw.items():
             if key not in opts:
                 what = "table" if isinstance(value, dict) else "key"
-                close = [k for k in opts if k.replace("_", "") == key.replace("-", "").replace("_", "").lower()]
+                close = difflib.get_close_matches(key.replace("-", "_").lower(), list(opts), n=1, cutoff=0.75)
                 hint = f" (did you mean {close[0]!r}?)" if close else ""
                 raise ConfigError(f"{path}: unknown {what} {key!r}{hint}; known keys: {', '.join(opts)}")
             values[key] = _coerce(opts[key], value, f"{path}: key {key!r}", from_text=False)

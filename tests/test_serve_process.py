@@ -1,0 +1,139 @@
+"""`edge-saliency serve` as a process: config errors are one line naming the key (exit 2), and under a
+systemd-like NOTIFY_SOCKET it says READY=1, feeds WATCHDOG=1, says STOPPING=1 on SIGTERM and exits 0
+within 2 s."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def env_for(extra=None):
+    env = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "WAYLAND_DISPLAY", "NOTIFY_SOCKET",
+                                                              "WATCHDOG_USEC", "WATCHDOG_PID", "EDGE_SALIENCY_TOKEN")}
+    env.update({"OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)})
+    env.update(extra or {})
+    return env
+
+
+def serve(args, tmp_path, extra_env=None):
+    return subprocess.run([sys.executable, "-m", "edge_saliency", "serve", *args], cwd=tmp_path, env=env_for(extra_env),
+                          capture_output=True, text=True, timeout=60)
+
+
+@pytest.mark.parametrize("toml,args,env,words", [
+    ('jpeg_qualty = 80\n', [], {}, "unknown key 'jpeg_qualty' (did you mean 'jpeg_quality'?)"),
+    ('[server]\nlisten = "127.0.0.1:8080"\n', [], {}, "unknown table 'server'"),
+    ('alpha = 2\n', [], {}, "key 'alpha': must be at most 1.0, got 2"),
+    ('listen = "everywhere"\n', [], {}, "key 'listen': must be HOST:PORT"),
+    ('threads = true\n', [], {}, "key 'threads': must be an integer"),
+    ('view = "xray"\n', [], {}, "key 'view': must be one of"),
+    ('realtime = "yes"\n', [], {}, "key 'realtime': must be true or false"),
+    ('stream_fps = nan\n', [], {}, "key 'stream_fps': must be a finite number"),
+    ('topk = 3\nlisten = \n', [], {}, "not valid TOML"),
+    ('', ["--jpeg-quality", "0"], {}, "--jpeg-quality: must be at least 1, got '0'"),
+    ('', ["--max-viewers", "many"], {}, "--max-viewers: must be an integer"),
+    ('', [], {"EDGE_SALIENCY_TOKEN": "short"}, "$EDGE_SALIENCY_TOKEN: must be at least 8 characters"),
+])
+def test_config_errors_are_one_line_naming_the_key(tmp_path, toml, args, env, words):
+    (tmp_path / "config.toml").write_text(toml)
+    p = serve(["--config", "config.toml", *args], tmp_path, env)
+    assert p.returncode == 2
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in p.stderr, p.stderr
+    assert words in lines[0], lines[0]
+
+
+def test_missing_config_file_and_model_are_one_line(tmp_path):
+    p = serve(["--config", "nope.toml"], tmp_path)
+    assert p.returncode == 2 and p.stderr.strip() == "edge-saliency: error: config file not found: nope.toml"
+    (tmp_path / "c.toml").write_text('model = "missing.onnx"\nsource = "synthetic"\n')
+    p = serve(["--config", "c.toml"], tmp_path)
+    assert p.returncode == 2 and p.stderr.strip().splitlines() == ["edge-saliency: error: model file not found: missing.onnx"]
+
+
+def test_cli_flags_override_the_file():
+    from edge_saliency.config import load_config
+
+    path = ROOT / "deploy" / "config.example.toml"
+    cfg = load_config(path, cli={"view": "lovi", "realtime": "false"}, env={})
+    assert cfg.view == "lovi" and cfg.realtime is False
+    assert cfg.origin["view"] == "command line" and cfg.origin["listen"] == str(path)
+    assert cfg.listen == "127.0.0.1:8080"  # the example keeps the safe default
+    cfg = load_config(path, env={"EDGE_SALIENCY_TOKEN": "from-the-environment"})
+    assert cfg.token == "from-the-environment" and cfg.origin["token"] == "environment"
+
+
+def test_sd_notify_ready_watchdog_stopping_and_sigterm_exit(lite0_onnx, tmp_path):
+    sock_path = str(tmp_path / "notify.sock")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(sock_path)
+    sock.settimeout(1.0)
+    (tmp_path / "c.toml").write_text(f'model = "{lite0_onnx}"\nsource = "synthetic"\nlisten = "127.0.0.1:0"\n'
+                                     'threads = 1\n')
+    proc = subprocess.Popen([sys.executable, "-m", "edge_saliency", "serve", "--config", "c.toml"], cwd=tmp_path,
+                            env=env_for({"NOTIFY_SOCKET": sock_path, "WATCHDOG_USEC": "400000"}),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    messages = []
+
+    def receive_until(want, timeout):
+        t_end = time.monotonic() + timeout
+        while time.monotonic() < t_end:
+            try:
+                messages.extend(sock.recv(4096).decode().split("\n"))
+            except socket.timeout:
+                continue
+            if want in messages:
+                return True
+        return False
+
+    try:
+        assert receive_until("READY=1", 60), (messages, proc.poll())
+        line = proc.stdout.readline()
+        url = line.strip().rsplit(" ", 1)[-1]
+        assert url.startswith("http://127.0.0.1:"), line
+        assert receive_until("WATCHDOG=1", 30), messages
+        with urllib.request.urlopen(url + "/healthz", timeout=10) as r:
+            assert r.status == 200 and json.loads(r.read())["status"] == "ok"
+        proc.send_signal(signal.SIGTERM)
+        t0 = time.monotonic()
+        rc = proc.wait(timeout=10)
+        elapsed = time.monotonic() - t0
+        assert receive_until("STOPPING=1", 2), messages
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        sock.close()
+    err = proc.stderr.read()
+    assert rc == 0, err
+    assert elapsed < 2.0, f"took {elapsed:.2f} s to exit after SIGTERM"
+    assert "stopped (SIGTERM)" in err and "Traceback" not in err
+    assert messages.index("READY=1") < messages.index("WATCHDOG=1") < messages.index("STOPPING=1")
+
+
+def test_example_config_lists_every_key_and_the_unit_is_systemd_ready():
+    import re
+
+    from edge_saliency.config import options, read_file
+
+    path = ROOT / "deploy" / "config.example.toml"
+    text = path.read_text()
+    mentioned = set(re.findall(r"^#? ?([a-z_]+) = ", text, re.M))
+    assert set(options()) - {"token"} <= mentioned | set(read_file(path))
+    assert "token" in text
+    unit = (ROOT / "deploy" / "edge-saliency.service").read_text()
+    for line in ("Type=notify", "Restart=on-failure", "ProtectSystem=strict", "NoNewPrivileges=yes", "PrivateTmp=yes",
+                 "SupplementaryGroups=video", "DeviceAllow=char-video4linux rw",
+                 "ExecStart=/opt/edge-saliency/venv/bin/edge-saliency serve --config /etc/edge-saliency/config.toml"):
+        assert line in unit.splitlines(), line
+    assert re.search(r"^WatchdogSec=\d+$", unit, re.M)
