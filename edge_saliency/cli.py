@@ -48,7 +48,7 @@ def add_export_parser(sub) -> None:
     p.add_argument("--random-weights", action="store_true", help="built-in arch without its pretrained weights")
     p.add_argument("--out", help="output file (default: <arch>.onnx)")
     p.add_argument("--input-size", type=str, help="N or HxW (default: the arch's, 224 for --module)")
-    p.add_argument("--methods", default="smoe,recipro", help="smoe,recipro | all | none (default: %(default)s)")
+    p.add_argument("--methods", default="smoe,recipro", help="comma list of smoe, recipro, guided, gradcam, gradcampp | all | none (default: %(default)s)")
     p.add_argument("--labels", help="class names, one per line (default: ImageNet for 1000 classes)")
     p.add_argument("--mean", help="per-channel RGB mean on 0-255, e.g. 123.7,116.3,103.5")
     p.add_argument("--std", help="per-channel RGB std on 0-255, e.g. 58.4,57.1,57.4")

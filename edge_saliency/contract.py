@@ -14,14 +14,22 @@ TARGET = "target_class"
 SMOE = "smoe"
 SMOE_SCALES = "smoe_scales"
 RECIPRO = "recipro_cam"
-OUTPUTS = (LOGITS, TARGET, SMOE, SMOE_SCALES, RECIPRO)
+# gradient CAMs, in-graph when the head is GAP + linear (analytic gradient); not in the default
+GUIDED = "guided_cam"  # guidance-rectified gradient CAM (Fahim et al.)
+GRADCAM = "grad_cam"
+GRADCAMPP = "grad_cam_pp"
+OUTPUTS = (LOGITS, TARGET, SMOE, SMOE_SCALES, RECIPRO, GUIDED, GRADCAM, GRADCAMPP)
 
-METHODS = ("smoe", "recipro")
-METHOD_OUTPUTS = {"smoe": (SMOE, SMOE_SCALES), "recipro": (RECIPRO,)}
+METHODS = ("smoe", "recipro", "guided", "gradcam", "gradcampp")
+DEFAULT_METHODS = ("smoe", "recipro")
+METHOD_OUTPUTS = {"smoe": (SMOE, SMOE_SCALES), "recipro": (RECIPRO,), "guided": (GUIDED,),
+                  "gradcam": (GRADCAM,), "gradcampp": (GRADCAMPP,)}
+# the [N, 1, h, w] map a method is read from (smoe_scales is for LOVI)
+METHOD_MAP = {"smoe": SMOE, "recipro": RECIPRO, "guided": GUIDED, "gradcam": GRADCAM, "gradcampp": GRADCAMPP}
 
 PREFIX = "edge_saliency."
 CONTRACT_VERSION = 1
-KEYS = ("version", "arch", "labels", "input", "scales", "methods", "smoe", "recipro", "export")
+KEYS = ("version", "arch", "labels", "input", "scales", "methods", "smoe", "recipro", "gradient_cams", "export")
 
 
 def encode_metadata(meta: dict) -> dict[str, str]:

@@ -54,13 +54,17 @@ class Result:
     smoe_scales: np.ndarray | None = None  # [S, h, w]
     recipro_cam: np.ndarray | None = None  # [h', w']
     timings: dict[str, float] = field(default_factory=dict)  # seconds
+    gradient_cams: dict[str, np.ndarray] = field(default_factory=dict)  # 'guided' etc. -> [h', w']
 
     def map(self, name: str) -> np.ndarray | None:
-        """'smoe' | 'recipro' | 'fastcam' (SMOE x Recipro-CAM at SMOE's resolution)."""
+        """'smoe' | 'recipro' | 'fastcam' (SMOE x Recipro-CAM at SMOE's resolution) |
+        'guided' | 'gradcam' | 'gradcampp' (when the model was exported with them)."""
         if name == "smoe":
             return self.smoe
         if name == "recipro":
             return self.recipro_cam
+        if name in self.gradient_cams:
+            return self.gradient_cams[name]
         if name == "fastcam":
             if self.smoe is None or self.recipro_cam is None:
                 return self.smoe if self.recipro_cam is None else self.recipro_cam
@@ -197,6 +201,8 @@ class SaliencyModel:
                 smoe=out[contract.SMOE][i, 0] if contract.SMOE in out else None,
                 smoe_scales=out[contract.SMOE_SCALES][i] if contract.SMOE_SCALES in out else None,
                 recipro_cam=out[contract.RECIPRO][i, 0] if contract.RECIPRO in out else None,
+                gradient_cams={m: out[contract.METHOD_MAP[m]][i, 0] for m in ("guided", "gradcam", "gradcampp")
+                               if contract.METHOD_MAP[m] in out},
                 timings={"preprocess": (t1 - t0) / len(frames), "inference": (t2 - t1) / len(frames)},
             ))
         return results

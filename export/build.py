@@ -34,7 +34,7 @@ class ExportOptions:
     pretrained: bool = True
     out: str | None = None
     input_size: tuple[int, int] | None = None
-    methods: tuple[str, ...] = ("smoe", "recipro")
+    methods: tuple[str, ...] = contract.DEFAULT_METHODS
     labels: str | None = None
     mean: tuple[float, float, float] | None = None
     std: tuple[float, float, float] | None = None

@@ -79,6 +79,11 @@ def build_metadata(
             "statistic": "smoe_scale", "normaliser": f"{cfg.normaliser}_cdf",
             "weights": wrapper.smoe_weights, "map_size": list(cfg.map_size), "eps": cfg.smoe_eps,
         }
+    if wrapper.gradient_methods:
+        meta["gradient_cams"] = {
+            "methods": wrapper.gradient_methods, "gradient": "analytic (GAP + linear head)",
+            "score": "logit", "feature_layer": s.head.feature.name, "map_size": list(s.head.feature.size),
+        }
     if wrapper.want_recipro:
         meta["recipro"] = {
             "score": cfg.recipro_score, "variant": cfg.recipro_variant, "path": s.head.kind,
@@ -101,6 +106,7 @@ def _to_onnx(wrapper: SaliencyExport, input_size: tuple[int, int]) -> onnx.Model
     with torch.no_grad(), warnings.catch_warnings():
         # shape-dependent Python in user models is expected: the export is for one input size
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        warnings.filterwarnings("ignore", message="Constant folding", category=UserWarning)
         warnings.simplefilter("ignore", DeprecationWarning)
         torch.onnx.export(
             wrapper, args, buf, dynamo=False, opset_version=OPSET, input_names=inputs,

@@ -15,14 +15,15 @@ import torch
 from torch import nn
 
 from edge_saliency import contract
+from edge_saliency.errors import UserError
 from export.discovery import FeatureBatchHook, Structure
-from export.methods import recipro_cam as rc
+from export.methods import gradient_cams, recipro_cam as rc
 from export.methods.smoe import smoe_maps
 
 
 @dataclass
 class SaliencyConfig:
-    methods: tuple[str, ...] = ("smoe", "recipro")
+    methods: tuple[str, ...] = contract.DEFAULT_METHODS
     map_size: tuple[int, int] = (56, 56)  # output size of smoe / smoe_scales
     smoe_weights: tuple[float, ...] | None = None  # default: all 1
     normaliser: str = "gaussian"
@@ -80,14 +81,20 @@ class SaliencyExport(nn.Module):
             self._captures[end.name] = cap
         self._batch_hook = None
         head = structure.head
+        self.gradient_methods = [m for m in gradient_cams.METHODS if m in config.methods]
+        if self.gradient_methods and head.kind != "gap_linear":
+            raise UserError(
+                f"{', '.join(self.gradient_methods)} in the graph need a head that is global average pooling + "
+                f"linear (the gradient is then analytic); this model's head after {head.feature.name!r} is not. "
+                "export.methods.gradient_cams.gradients_autograd computes them in torch for any layer"
+            )
+        if head.kind == "gap_linear" and (self.want_recipro or self.gradient_methods):
+            self._linear = modules[head.linear_name]
+            cap = self._captures.get(head.feature.name) or _Capture(modules[head.feature.name], set())
+            cap.calls.add(head.feature.call)
+            self._captures[head.feature.name] = cap
         if self.want_recipro:
-            if head.kind == "gap_linear":
-                lin = modules[head.linear_name]
-                self._linear = lin
-                cap = self._captures.get(head.feature.name) or _Capture(modules[head.feature.name], set())
-                cap.calls.add(head.feature.call)
-                self._captures[head.feature.name] = cap
-            else:
+            if head.kind != "gap_linear":
                 h, w = head.feature.size
                 self.register_buffer("masks", rc.spatial_masks(h, w, config.recipro_variant))
                 self._batch_hook = FeatureBatchHook(
@@ -142,4 +149,9 @@ class SaliencyExport(nn.Module):
             else:
                 cam = rc.recipro_cam_from_batch(out[n:], target, head.feature.size, self.config.recipro_score)
             results.append(cam)
+        if self.gradient_methods:
+            head = self.structure.head
+            fmap = self._captures[head.feature.name].outputs[head.feature.call]
+            for method in self.gradient_methods:
+                results.append(gradient_cams.gradient_cam_gap_linear(method, fmap, self._linear.weight, target))
         return tuple(results)

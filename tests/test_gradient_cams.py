@@ -69,3 +69,56 @@ def test_guided_differs_from_plain_gradcam():
     a = torch.from_numpy(rng.gamma(2.0, 1.0, (1, 8, 5, 5)).astype(np.float32))
     g = torch.from_numpy(rng.normal(0, 1, (1, 8, 5, 5)).astype(np.float32))
     assert not torch.allclose(gc.guided(a, g), gc.gradcam(a, g), atol=1e-3)
+
+
+# ------------------------------------------------------------------ in the exported graph
+@pytest.fixture(scope="module")
+def all_methods_onnx(tmp_path_factory):
+    from export.build import ExportOptions, export_from_options
+
+    out = tmp_path_factory.mktemp("models") / "all.onnx"
+    export_from_options(ExportOptions(out=str(out), methods=("smoe", "recipro", "guided", "gradcam", "gradcampp"),
+                                      class_input=True), log=lambda m: None)
+    return out
+
+
+@pytest.mark.parametrize("photo", ["chelsea", "coffee"])
+def test_exported_gradient_cams_equal_autograd(all_methods_onnx, photo):
+    from edge_saliency.model import SaliencyModel
+
+    m = SaliencyModel(all_methods_onnx, provider="cpu")
+    assert m.outputs[-3:] == ["guided_cam", "grad_cam", "grad_cam_pp"]
+    frame = samples.photo(photo)
+    tabby = m.class_index("tabby")
+    model = efficientnet_lite0(pretrained=True)
+    img = m.preprocess(frame)
+    x = ((torch.from_numpy(img[:, :, ::-1].copy()).float() - 127.0) / 128.0).permute(2, 0, 1)[None]
+    for cls in (None, tabby):
+        r = m.predict(frame, class_index=cls)
+        a, g, target = gc.gradients_autograd(model, model._act_head, x, None if cls is None else torch.tensor([cls]))
+        assert r.class_index == int(target)
+        for method in gc.METHODS:
+            want = gc.FROM_GRADIENT[method](a, g)[0, 0].numpy()
+            np.testing.assert_allclose(r.map(method), want, atol=1e-4, err_msg=f"{method} class {cls}")
+
+
+def test_eval_reads_exported_gradient_cams(all_methods_onnx):
+    from edge_saliency.explain import methods as registry
+    from edge_saliency.model import SaliencyModel
+
+    m = SaliencyModel(all_methods_onnx, provider="cpu")
+    assert registry.parse_methods("guided,gradcam,gradcampp,smoe", m) == ["guided", "gradcam", "gradcampp", "smoe"]
+    sal, target, _ = registry.in_graph_map(m, m.preprocess(samples.photo("chelsea")), "guided", None)
+    np.testing.assert_allclose(sal, m.predict(samples.photo("chelsea")).map("guided"))
+    assert target == 285
+
+
+def test_gradient_cams_refused_without_gap_linear_head(tmp_path):
+    import archs
+    from edge_saliency.errors import UserError
+    from export.discovery import discover
+    from export.saliency_module import SaliencyConfig, SaliencyExport
+
+    model = archs.TinyVGG().eval()
+    with pytest.raises(UserError, match="need a head that is global average pooling"):
+        SaliencyExport(model, discover(model, (64, 64)), (0,) * 3, (1,) * 3, SaliencyConfig(methods=("guided",)))

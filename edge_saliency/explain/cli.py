@@ -5,8 +5,8 @@
     edge-saliency eval --images photos/ --methods smoe,recipro,fastcam,decam,maskopt,rise --json q.json
 
 Images are files, folders of images, or ``sample:NAME`` for scikit-image's photographs
-(``sample:chelsea``). A method ``guided`` (or any other in-graph map) works once the model is
-exported with its ``<name>_cam`` output.
+(``sample:chelsea``). The gradient CAMs ``guided``, ``gradcam`` and ``gradcampp`` work with a model
+exported with them (``edge-saliency export --methods all``).
 """
 from __future__ import annotations
 

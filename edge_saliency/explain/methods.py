@@ -1,9 +1,8 @@
 """The registry of methods that `explain` and `eval` know, and how each one makes a map.
 
 - In-graph methods come from the model's own outputs (one forward pass): ``smoe``, ``recipro``,
-  ``fastcam`` (SMOE x Recipro-CAM), and any other map the export adds: a method ``NAME`` is read
-  from an output named ``NAME`` or ``NAME_cam`` (so a future ``guided`` method = an exported
-  ``guided_cam`` output, with no change here).
+  ``fastcam`` (SMOE x Recipro-CAM), and the gradient CAMs ``guided``, ``gradcam``, ``gradcampp``
+  when the model was exported with them (``contract.METHOD_MAP`` names each one's output).
 - Black-box methods (``decam``, ``maskopt``, ``rise``) run on any classifier through queries.
 """
 from __future__ import annotations
@@ -21,7 +20,8 @@ from edge_saliency.explain.common import Classifier, Explanation, make_explanati
 IN_GRAPH = ("smoe", "recipro", "fastcam")
 BLACK_BOX = {"decam": decam, "maskopt": maskopt, "rise": rise}
 SETTINGS = {"decam": decam.DECAMSettings, "maskopt": maskopt.MaskOptSettings, "rise": rise.RISESettings}
-KNOWN = IN_GRAPH + ("guided",) + tuple(BLACK_BOX)
+EXPORTED_ONLY = tuple(m for m in contract.METHOD_MAP if m not in IN_GRAPH)  # guided, gradcam, gradcampp
+KNOWN = IN_GRAPH + EXPORTED_ONLY + tuple(BLACK_BOX)
 
 
 def parse_methods(text: str, model=None) -> list[str]:
@@ -32,10 +32,11 @@ def parse_methods(text: str, model=None) -> list[str]:
         if name in BLACK_BOX or name in IN_GRAPH:
             continue
         outputs = model.outputs if model is not None else ()
-        if name in outputs or f"{name}_cam" in outputs:
-            continue
-        if name in KNOWN:
-            raise UserError(f"method {name!r} needs a model exported with it (its output {name}_cam is missing)")
+        if name in EXPORTED_ONLY:
+            if contract.METHOD_MAP[name] in outputs:
+                continue
+            raise UserError(f"method {name!r} needs a model exported with it (edge-saliency export --methods "
+                            f"smoe,recipro,{name}); its output {contract.METHOD_MAP[name]} is missing")
         raise UserError(f"unknown method {name!r}; choose from " + ", ".join(KNOWN))
     return names
 
@@ -71,11 +72,10 @@ def in_graph_map(model, image: np.ndarray, method: str, class_index: int | None)
         sal = Result(class_index=target, label="", score=0.0, topk=[], logits=out[contract.LOGITS][0],
                      smoe=smoe, recipro_cam=rc).map(method)
     else:
-        name = method if method in out else f"{method}_cam"
+        name = contract.METHOD_MAP.get(method)
         if name not in out:
             raise UserError(f"method {method!r} is not among {model.path}'s outputs")
-        sal = out[name][0]
-        sal = sal[0] if sal.ndim == 3 else sal
+        sal = out[name][0, 0]
     return np.asarray(sal, dtype=np.float32), target, out[contract.LOGITS][0]
 
 
