@@ -30,7 +30,7 @@ import edge_saliency
 from edge_saliency import contract
 from edge_saliency.errors import UserError
 from edge_saliency.labels import imagenet_labels, read_labels
-from export import surgery_recipro, surgery_smoe
+from export import graph_passes, surgery_recipro, surgery_smoe
 from export.surgery_discovery import Analysis, analyse
 from export.surgery_graph import GraphWriter, default_opset
 
@@ -388,12 +388,14 @@ def surgery(opts: SurgeryOptions, log=print) -> dict:
     for e in an.scale_ends:
         log(f"  scale end {e.node:<40} {e.channels:>5} ch  {e.size[0]}x{e.size[1]}")
     log(f"  head: {an.head.kind} after {an.head.feature.node}")
+    passes = graph_passes.optimise(new)  # the same passes as the torch export; the checks cover them
     log("checking: onnx.checker, shape inference, original outputs bit-for-bit, maps in [0, 1]")
     checks = check_surgery(original, new, an, meta, opts)
     meta["export"] = {
         "opset": default_opset(new), "dynamic_batch": not isinstance(an.input.batch, int), "surgery": True,
         "source": Path(opts.onnx).name, "edge_saliency": edge_saliency.__version__, "onnx": onnx.__version__,
         "config": asdict(opts) | {"onnx": Path(opts.onnx).name, "out": out.name}, "checks": checks,
+        "graph_passes": passes,
     }
     for key, value in contract.encode_metadata(meta).items():
         new.metadata_props.add(key=key, value=value)
