@@ -25,6 +25,20 @@ def _floats(text: str, n: int | None = None, what: str = "value") -> list[float]
     return vals
 
 
+def channel_values(text: str | None, what: str, positive: bool = False) -> tuple[float, float, float] | None:
+    """'127' or '123.7,116.3,103.5' -> three per-channel values (one value is used for all three)."""
+    if not text:
+        return None
+    vals = _floats(text, None, what)
+    if len(vals) == 1:
+        vals = vals * 3
+    if len(vals) != 3:
+        raise UserError(f"{what} wants 1 or 3 comma-separated numbers, got {text!r}")
+    if positive and min(vals) <= 0:
+        raise UserError(f"{what} values must be positive")
+    return vals[0], vals[1], vals[2]
+
+
 def _size(text: str) -> tuple[int, int]:
     try:
         parts = [int(v) for v in text.lower().replace("x", ",").split(",")]
@@ -50,8 +64,8 @@ def add_export_parser(sub) -> None:
     p.add_argument("--input-size", type=str, help="N or HxW (default: the arch's, 224 for --module)")
     p.add_argument("--methods", default="smoe,recipro", help="comma list of smoe, recipro, guided, gradcam, gradcampp | all | none (default: %(default)s)")
     p.add_argument("--labels", help="class names, one per line (default: ImageNet for 1000 classes)")
-    p.add_argument("--mean", help="per-channel RGB mean on 0-255, e.g. 123.7,116.3,103.5")
-    p.add_argument("--std", help="per-channel RGB std on 0-255, e.g. 58.4,57.1,57.4")
+    p.add_argument("--mean", help="RGB mean on 0-255: one value or three, e.g. 127 or 123.7,116.3,103.5")
+    p.add_argument("--std", help="RGB std on 0-255: one value or three, e.g. 128 or 58.4,57.1,57.4")
     p.add_argument("--scale-layers", help="override discovered scale ends: layer names, early to late")
     p.add_argument("--feature-layer", help="override the last feature map that Recipro-CAM masks")
     p.add_argument("--smoe-weights", help="weights of the scale maps in the combined SMOE map (default: all 1)")
@@ -85,15 +99,13 @@ def cmd_export(args) -> int:
         from export.build import ExportOptions, export_from_options, parse_methods
     except ImportError as exc:
         raise UserError(f"export needs torch and onnx ({exc.name} is missing): pip install 'edge-saliency[export]'") from exc
-    mean = _floats(args.mean, 3, "--mean") if args.mean else None
-    std = _floats(args.std, 3, "--std") if args.std else None
-    if std and min(std) <= 0:
-        raise UserError("--std values must be positive")
+    mean = channel_values(args.mean, "--mean")
+    std = channel_values(args.std, "--std", positive=True)
     opts = ExportOptions(
         arch=args.arch, module=args.module, weights=args.weights, pretrained=not args.random_weights,
         out=args.out, input_size=_size(args.input_size) if args.input_size else None,
         methods=parse_methods(args.methods), labels=args.labels,
-        mean=tuple(mean) if mean else None, std=tuple(std) if std else None,
+        mean=mean, std=std,
         scale_layers=[s.strip() for s in args.scale_layers.split(",")] if args.scale_layers else None,
         feature_layer=args.feature_layer,
         smoe_weights=_floats(args.smoe_weights, None, "--smoe-weights") if args.smoe_weights else None,

@@ -34,6 +34,8 @@ from export import graph_passes, surgery_recipro, surgery_smoe
 from export.surgery_discovery import Analysis, analyse
 from export.surgery_graph import GraphWriter, default_opset
 
+SURGERY_METHODS = ("smoe", "recipro")  # the gradient CAMs are torch-export only for now
+
 MIN_OPSET = 13  # older models are converted to this first (axes as inputs, optional Resize inputs)
 IMAGENET_MEAN = (123.675, 116.28, 103.53)
 IMAGENET_STD = (58.395, 57.12, 57.375)
@@ -161,9 +163,11 @@ def _check_options(opts: SurgeryOptions) -> None:
         raise UserError("--smoe-eps must be positive")
     if opts.std and min(opts.std) <= 0:
         raise UserError("--std values must be positive")
-    bad = [m for m in opts.methods if m not in contract.METHODS]
+    bad = [m for m in opts.methods if m not in SURGERY_METHODS]
     if bad:
-        raise UserError(f"unknown method {bad[0]!r}; choose from: {', '.join(contract.METHODS)}")
+        why = " with --onnx (the torch export has it)" if bad[0] in contract.METHODS else ""
+        raise UserError(f"method {bad[0]!r} is not available{why}; choose from: {', '.join(SURGERY_METHODS)}"
+                        if why else f"unknown method {bad[0]!r}; choose from: {', '.join(SURGERY_METHODS)}")
 
 
 def output_names(opts: SurgeryOptions) -> list[str]:
@@ -408,7 +412,7 @@ def surgery(opts: SurgeryOptions, log=print) -> dict:
 
 def options_from_args(args) -> SurgeryOptions:
     """CLI arguments of `edge-saliency export --onnx ...` -> SurgeryOptions."""
-    from edge_saliency.cli import _floats, _size
+    from edge_saliency.cli import _floats, _size, channel_values
 
     torch_only = [flag for flag, given in (("--module", args.module), ("--weights", args.weights),
                                            ("--random-weights", args.random_weights), ("--scale-layers", args.scale_layers),
@@ -417,12 +421,10 @@ def options_from_args(args) -> SurgeryOptions:
         hint = {"--scale-layers": " (use --scale-nodes)", "--feature-layer": " (use --target-node)"}.get(torch_only[0], "")
         raise UserError(f"{torch_only[0]} does not apply to --onnx{hint}")
     methods = [m.strip().lower() for m in args.methods.split(",") if m.strip()]
-    methods = [] if methods in (["none"], []) else list(contract.METHODS) if methods == ["all"] else methods
-    mean = _floats(args.mean, 3, "--mean") if args.mean else None
-    std = _floats(args.std, 3, "--std") if args.std else None
+    methods = [] if methods in (["none"], []) else list(SURGERY_METHODS) if methods == ["all"] else methods
     return SurgeryOptions(
-        onnx=args.onnx, out=args.out, labels=args.labels, mean=tuple(mean) if mean else None,
-        std=tuple(std) if std else None, color=(args.color or "rgb").lower(),
+        onnx=args.onnx, out=args.out, labels=args.labels, mean=channel_values(args.mean, "--mean"),
+        std=channel_values(args.std, "--std", positive=True), color=(args.color or "rgb").lower(),
         layout=args.layout.lower() if args.layout else None,
         input_size=_size(args.input_size) if args.input_size else None, target_node=args.target_node,
         scale_nodes=[s.strip() for s in args.scale_nodes.split(",") if s.strip()] if args.scale_nodes else None,
