@@ -237,7 +237,7 @@ def test_cli_module_export(tmp_path):
     (["--arch", "resnet9000"], "unknown arch 'resnet9000'"),
     (["--weights", "/nonexistent/w.pth"], "weights file not found: /nonexistent/w.pth"),
     (["--out", "/nonexistent-dir/m.onnx"], "cannot write /nonexistent-dir/m.onnx"),
-    (["--methods", "gradcam"], "unknown method 'gradcam'"),
+    (["--methods", "scorecam"], "unknown method 'scorecam'"),
     (["--module", "no_such_pkg.nets:build"], "cannot import 'no_such_pkg.nets'"),
     (["--module", "justaname"], "--module wants 'package.module:callable'"),
     (["--input-size", "abc"], "--input-size wants N or HxW"),
