@@ -58,7 +58,7 @@ def test_frame_jpg_and_map_png(daemon, lite0_model):
     assert status == 200 and h["content-type"] == "image/png" and h["x-map"] == "fastcam"
     m = cv2.imdecode(np.frombuffer(body, np.uint8), cv2.IMREAD_UNCHANGED)
     r = daemon.engine.latest.result
-    assert m.dtype == np.uint8 and m.shape == r.smoe.shape and m.max() == 255
+    assert m.dtype == np.uint8 and m.shape == r.smoe.shape and m.min() == 0 and m.max() >= 254  # min-max stretched
     status, h, body = request(daemon, "GET", "/api/map.png?map=recipro")
     assert status == 200 and cv2.imdecode(np.frombuffer(body, np.uint8), cv2.IMREAD_UNCHANGED).shape == r.recipro_cam.shape
 
