@@ -36,10 +36,12 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_saliency import contract, device_info, providers
+from edge_saliency import contract, device_info, engines, providers
 from edge_saliency.errors import UserError
 
 GPU_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider")
+OPENVINO_CPU = "openvino-cpu"
+NO_SPINNING = {"session.intra_op.allow_spinning": "0"}
 PRECISIONS = ("fp32", "fp16", "int8")
 FRAME_SIZE = (480, 640)  # (h, w): a VGA camera frame
 
@@ -131,10 +133,11 @@ def variant_file(src: Path, precision: str, plain: bool, cache: Path, log) -> Pa
 # ------------------------------------------------------------------ one session under test
 @dataclass
 class Variant:
-    provider: str
+    provider: str  # an ORT provider, or "openvino-cpu" for the OpenVINO engine
     threads: int
     precision: str
     plain: bool
+    engine: str = "onnxruntime"
     path: Path | None = None
     status: str = "ok"
     model: object = None
@@ -158,16 +161,14 @@ class Variant:
 
 
 def open_variant(v: Variant, proc) -> None:
-    from edge_saliency import engines
     from edge_saliency.model import SaliencyModel
 
     rss0 = proc.memory_info().rss
-    model = SaliencyModel(v.path, provider=providers.short_name(v.provider), threads=v.threads)
+    # intra-op spinning off (see module doc); OpenVINO runs on its CPU device
+    model = SaliencyModel(v.path, provider=providers.short_name(v.provider) if v.engine == "onnxruntime" else None,
+                          threads=v.threads, engine=v.engine, session_config=NO_SPINNING)
     v.load_s = model.load_seconds
-    # the measured session: the same file and provider, intra-op spinning off (see module doc)
-    model.engine = engines.OnnxRuntimeEngine(str(v.path), providers.short_name(v.provider), v.threads,
-                                             session_config={"session.intra_op.allow_spinning": "0"})
-    if model.engine.providers[0] != v.provider:
+    if v.engine == "onnxruntime" and model.engine.providers[0] != v.provider:
         raise RuntimeError(f"ONNX Runtime fell back to {model.engine.providers[0]}")
     v.model = model
     v.rss_mb = (proc.memory_info().rss - rss0) / 1e6
@@ -346,8 +347,22 @@ def plan(args, available: list[str], can_make: bool) -> tuple[list[Variant], lis
         explicit = True
     else:
         precs, explicit = list(PRECISIONS), False
+    if args.engine in (None, "", "all"):
+        engine_names = engines.available_engines()
+    else:
+        engine_names = [e.strip() for e in args.engine.split(",") if e.strip()]
+        for name in engine_names:
+            if name not in engines.ENGINES:
+                raise UserError(f"unknown engine {name!r}; choose from: {', '.join(engines.ENGINES)}")
+            if name not in engines.available_engines():
+                raise UserError(f"the {name} engine is not installed: pip install 'edge-saliency[{name}]'")
+    if "onnxruntime" not in engine_names:
+        provs = []
+    if "openvino" in engine_names:
+        provs = provs + [OPENVINO_CPU]
     variants = []
     for prov in provs:
+        engine = "openvino" if prov == OPENVINO_CPU else "onnxruntime"
         for prec in precs:
             if prec != "fp32" and not can_make:
                 skipped.append(f"{providers.short_name(prov)}/{prec}: cannot make it here (needs the onnx package; "
@@ -358,10 +373,10 @@ def plan(args, available: list[str], can_make: bool) -> tuple[list[Variant], lis
                                "(ask with --precision fp16 to run it on the CPU anyway)")
                 continue
             for t in threads:
-                variants.append(Variant(prov, t, prec, plain=False))
+                variants.append(Variant(prov, t, prec, plain=False, engine=engine))
                 if not args.no_plain:
                     if can_make:
-                        variants.append(Variant(prov, t, prec, plain=True))
+                        variants.append(Variant(prov, t, prec, plain=True, engine=engine))
                     elif prec == "fp32" and (prov, t) == (provs[0], threads[0]):
                         skipped.append("plain (no saliency) baseline: needs the onnx package to prune the graph")
     return variants, skipped
@@ -443,7 +458,8 @@ def add_parser(sub) -> None:
     p = sub.add_parser("bench", help="latency, FPS, CPU and memory of the model with and without saliency maps",
                        description=__doc__.split("\n\n")[0])
     p.add_argument("--model", help="fp32 edge-saliency ONNX file (default: the pretrained EfficientNet-Lite0)")
-    p.add_argument("--provider", help="cpu,cuda,... (default: every provider available here)")
+    p.add_argument("--engine", help="onnxruntime,openvino (default: every engine installed here)")
+    p.add_argument("--provider", help="cpu,cuda,... for onnxruntime (default: every provider available here)")
     p.add_argument("--threads", help="intra-op threads, comma-separated, e.g. 1,2,4 (default: all cores)")
     p.add_argument("--precision", help="fp32,fp16,int8 (default: fp32 and int8, fp16 on GPU providers)")
     p.add_argument("--runs", type=int, default=300, help="measured frames per variant (default: %(default)s)")

@@ -126,9 +126,11 @@ def _engine_device_for(name: str, provider: str | None) -> str | None:
     return provider
 
 
-def create(name: str, path: str, provider: str | None = "auto", threads: int | None = None):
+def create(name: str, path: str, provider: str | None = "auto", threads: int | None = None,
+           session_config: dict[str, str] | None = None):
+    """session_config: ONNX Runtime session config entries (OpenVINO has none to take)."""
     if name == "onnxruntime":
-        return OnnxRuntimeEngine(path, provider, threads)
+        return OnnxRuntimeEngine(path, provider, threads, session_config)
     if name == "openvino":
         return OpenVINOEngine(path, _engine_device_for(name, provider), threads)
     raise UserError(f"unknown engine {name!r}; choose from: auto, {', '.join(ENGINES)}")

@@ -98,7 +98,7 @@ def read_model_info(meta: dict, path: str) -> ModelInfo:
 
 class SaliencyModel:
     def __init__(self, path: str | os.PathLike, provider: str | None = "auto", threads: int | None = None,
-                 engine: str = "onnxruntime"):
+                 engine: str = "onnxruntime", session_config: dict[str, str] | None = None):
         from edge_saliency import engines
 
         self.path = str(path)
@@ -115,7 +115,8 @@ class SaliencyModel:
             self.engine, self.engine_choice = engines.choose_auto(
                 self.path, feeds, cache_dir() / "engine_choice.json", provider, threads)
         else:
-            self.engine, self.engine_choice = engines.create(engine, self.path, provider, threads), None
+            self.engine = engines.create(engine, self.path, provider, threads, session_config)
+            self.engine_choice = None
             self.info = self._read_contract(self.engine)
         self.load_seconds = time.perf_counter() - t0
         self.providers = self.engine.providers

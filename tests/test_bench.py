@@ -159,7 +159,7 @@ def test_plain_variant_drops_saliency_and_keeps_logits(lite0_onnx, tmp_path):
 
 
 def _args(**kw):
-    base = dict(provider=None, threads=None, precision=None, no_plain=False)
+    base = dict(provider=None, threads=None, precision=None, no_plain=False, engine="onnxruntime")
     base.update(kw)
     return argparse.Namespace(**base)
 
@@ -180,6 +180,26 @@ def test_plan_gpu_gets_fp16_and_without_onnx_only_fp32():
     assert [v.name for v in variants] == ["cpu/2t/fp32/saliency"]
     assert any("int8" in s and "onnx package" in s for s in skipped)
     assert any("plain" in s for s in skipped)
+
+
+def test_plan_with_openvino_adds_its_variants(monkeypatch):
+    monkeypatch.setattr(bench.engines, "available_engines", lambda: ["onnxruntime", "openvino"])
+    variants, _ = bench.plan(_args(engine="onnxruntime,openvino", threads="2", precision="fp32"),
+                             ["CPUExecutionProvider"], can_make=True)
+    assert [(v.name, v.engine) for v in variants] == [
+        ("cpu/2t/fp32/saliency", "onnxruntime"), ("cpu/2t/fp32/plain", "onnxruntime"),
+        ("openvino-cpu/2t/fp32/saliency", "openvino"), ("openvino-cpu/2t/fp32/plain", "openvino")]
+    only, _ = bench.plan(_args(engine="openvino", threads="1", precision="int8", no_plain=True),
+                         ["CPUExecutionProvider"], can_make=True)
+    assert [v.name for v in only] == ["openvino-cpu/1t/int8/saliency"]
+
+
+def test_plan_engine_errors(monkeypatch):
+    monkeypatch.setattr(bench.engines, "available_engines", lambda: ["onnxruntime"])
+    with pytest.raises(UserError, match="unknown engine 'tvm'"):
+        bench.plan(_args(engine="tvm"), ["CPUExecutionProvider"], True)
+    with pytest.raises(UserError, match=r"the openvino engine is not installed: pip install 'edge-saliency\[openvino\]'"):
+        bench.plan(_args(engine="openvino"), ["CPUExecutionProvider"], True)
 
 
 def test_plan_rejects_bad_flags():
