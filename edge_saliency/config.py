@@ -90,7 +90,10 @@ def _options() -> list[Option]:
         Option("model", str, None, "edge-saliency ONNX file (default: the pretrained EfficientNet-Lite0)", nullable=True),
         Option("source", str, None, "camera index or /dev/videoN, video file, image folder, rtsp:// URL, GStreamer "
                "pipeline, 'demo' or 'synthetic' (default: camera 0 if it opens, else demo)", nullable=True),
-        Option("provider", str, "auto", "ONNX Runtime execution provider: auto, cpu, cuda, tensorrt, ..."),
+        Option("engine", str, "onnxruntime", "inference engine: onnxruntime, openvino, or auto (the faster here, "
+               "probed once and cached)", _choice(["onnxruntime", "openvino", "auto"])),
+        Option("provider", str, "auto", "ONNX Runtime execution provider: auto, cpu, cuda, tensorrt, ... "
+               "(with engine openvino: the OpenVINO device, cpu by default)"),
         Option("threads", int, None, "ONNX Runtime intra-op threads (default: ORT's choice)", _range(1, 256), nullable=True),
         Option("realtime", bool, True, "play files and generated sources at their own FPS (false: every frame, "
                "as fast as inference goes)"),

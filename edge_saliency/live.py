@@ -285,6 +285,20 @@ def _ema(old: float, new: float, started) -> float:
 
 
 # ---------------------------------------------------------------------- CLI
+ENGINE_CHOICES = ("onnxruntime", "openvino", "auto")
+
+
+def engine_summary(model) -> str:
+    """'ORT providers: cuda, cpu' or 'openvino, chosen by auto: openvino 3.10 ms, onnxruntime 4.20 ms'."""
+    if model.engine_name == "onnxruntime" and model.engine_choice is None:
+        return f"ORT providers: {', '.join(providers.short_name(p) for p in model.providers)}"
+    text = model.engine_name
+    if model.engine_choice is not None:
+        figures = ", ".join(f"{k} {v * 1e3:.2f} ms" for k, v in model.engine_choice["median_s"].items())
+        text += f", chosen by auto: {figures}"
+    return text
+
+
 def add_parser(sub) -> None:
     p = sub.add_parser(
         "run", help="live overlay: camera/video/demo -> saliency maps on screen, in a file, or in a log",
@@ -300,7 +314,10 @@ def add_parser(sub) -> None:
     p.add_argument("--colormap", default="jet", help="OpenCV colour map for the map views (default: %(default)s)")
     p.add_argument("--provider", default="auto", help="ONNX Runtime execution provider: auto, " + ", ".join(providers.ALIASES)
                    + " (default: auto = best available)")
-    p.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads (default: ORT's choice)")
+    p.add_argument("--threads", type=int, help="intra-op threads (default: the engine's choice)")
+    p.add_argument("--engine", default="onnxruntime", choices=ENGINE_CHOICES,
+                   help="onnxruntime | openvino (pip install 'edge-saliency[openvino]') | auto: the faster here, "
+                        "probed once per model and machine and cached (default: %(default)s)")
     p.add_argument("--headless", action="store_true", help="no window (automatic when there is no display)")
     p.add_argument("--record", metavar="FILE", help="write the overlay video (.mp4, .avi, .mov, .mkv)")
     p.add_argument("--log-json", metavar="FILE", help="one JSON line per frame: id, timestamps, class, score, salient box and centroid")
@@ -369,7 +386,7 @@ def cmd_run(args) -> int:
     json_log = None
 
     model_path = args.model or str(ensure_default_model(log_fn=say))
-    model = SaliencyModel(model_path, provider=args.provider, threads=args.threads)
+    model = SaliencyModel(model_path, provider=args.provider, threads=args.threads, engine=args.engine)
     class_index = model.class_index(args.explain_class) if args.explain_class else None
     if class_index is not None and not model.has_class_input:
         raise UserError(f"{model_path} was exported without a class_index input; re-export with --class-input to use --class")
@@ -391,7 +408,7 @@ def cmd_run(args) -> int:
             recorder.timed = source.live and not capture.handoff
         json_log = JsonLog(args.log_json) if args.log_json else None
         say(f"source: {source.describe()} | model: {model.info.arch} ({Path(model_path).name}) on {model.provider} "
-            f"(ORT providers: {', '.join(providers.short_name(p) for p in model.providers)}) | view: {args.view}"
+            f"({engine_summary(model)}) | view: {args.view}"
             f"{' | headless' if headless else ''}{' | ' + ('realtime' if realtime else 'fast') if source.paced else ''}")
         if not headless:
             window = Window(f"edge-saliency - {source.describe()}")

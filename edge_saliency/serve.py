@@ -47,7 +47,7 @@ class Daemon:
             from edge_saliency.model import SaliencyModel, ensure_default_model
 
             path = cfg.model or str(ensure_default_model(log_fn=log.info))
-            model = SaliencyModel(path, provider=cfg.provider, threads=cfg.threads)
+            model = SaliencyModel(path, provider=cfg.provider, threads=cfg.threads, engine=cfg.engine)
         self.model = model
         class_index = model.class_index(cfg["class"]) if cfg["class"] is not None else None
         if class_index is not None and not model.has_class_input:

@@ -98,3 +98,17 @@ def test_openvino_missing_says_how_to_install(lite0_onnx, monkeypatch):
 def test_openvino_unknown_device(lite0_onnx):
     with pytest.raises(UserError, match="OpenVINO device NPU is not present"):
         SaliencyModel(lite0_onnx, engine="openvino", provider="npu")
+
+
+@pytest.mark.parametrize("engine, expect", [("openvino", "on openvino-cpu (openvino)"), ("auto", "chosen by auto:")])
+def test_run_command_with_engine(lite0_onnx, tmp_path, engine, expect):
+    import subprocess
+
+    env = {**__import__("os").environ, "EDGE_SALIENCY_HOME": str(tmp_path / "home")}
+    out = subprocess.run([sys.executable, "-m", "edge_saliency", "run", "--model", str(lite0_onnx), "--engine", engine,
+                          "--source", "synthetic", "--headless", "--fast", "--max-frames", "5", "--threads", "1",
+                          "--log-json", str(tmp_path / "log.jsonl")], capture_output=True, text=True, timeout=300,
+                         env=env)
+    assert out.returncode == 0, out.stderr
+    assert expect in out.stdout + out.stderr
+    assert len((tmp_path / "log.jsonl").read_text().splitlines()) == 5
