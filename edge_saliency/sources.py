@@ -21,7 +21,6 @@ import math
 import os
 import re
 import sys
-import time
 from pathlib import Path
 
 import cv2

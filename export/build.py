@@ -19,7 +19,8 @@ from edge_saliency.labels import imagenet_labels, read_labels
 from export import zoo
 from export.discovery import discover
 from export.methods import recipro_cam, normalise
-from export.onnx_export import check_writable, export_onnx
+from export.model_file import check_writable
+from export.onnx_export import export_onnx
 from export.saliency_module import SaliencyConfig
 
 IMAGENET_MEAN = (123.675, 116.28, 103.53)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import io
 import os
-import tempfile
 import time
 import warnings
 from dataclasses import asdict
@@ -25,6 +24,7 @@ from edge_saliency import contract
 from edge_saliency.errors import UserError
 from export import graph_passes
 from export.discovery import Structure
+from export.model_file import check_writable, write_atomic
 from export.saliency_module import SaliencyConfig, SaliencyExport
 
 OPSET = 17
@@ -41,16 +41,6 @@ SMOE_MAX_TOLERANCE = 1e-2
 
 class ExportCheckError(UserError):
     """The exported graph failed a check; nothing was written."""
-
-
-def check_writable(out: Path) -> None:
-    parent = out.resolve().parent
-    if not parent.is_dir():
-        raise UserError(f"cannot write {out}: directory {parent} does not exist")
-    if out.is_dir():
-        raise UserError(f"cannot write {out}: it is a directory")
-    if not os.access(parent, os.W_OK) or (out.exists() and not os.access(out, os.W_OK)):
-        raise UserError(f"cannot write {out}: permission denied")
 
 
 def build_metadata(
@@ -227,14 +217,7 @@ def export_onnx(
         entry = onnx_model.metadata_props.add()
         entry.key, entry.value = k, v
     onnx_model.producer_name = "edge-saliency"
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.resolve().parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(onnx_model.SerializeToString())
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomic(onnx_model, out)
     return {
         "path": str(out), "size_mb": out.stat().st_size / 1e6, "parity": parity,
         "seconds": time.perf_counter() - t0, "outputs": wrapper.output_names(), "metadata": meta,

@@ -16,8 +16,6 @@ Uses numpy, onnx and onnxruntime only: it never imports torch.
 """
 from __future__ import annotations
 
-import os
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -31,6 +29,7 @@ from edge_saliency import contract
 from edge_saliency.errors import UserError
 from edge_saliency.labels import imagenet_labels, read_labels
 from export import graph_passes, surgery_recipro, surgery_smoe
+from export.model_file import check_writable, write_atomic
 from export.surgery_discovery import Analysis, analyse
 from export.surgery_graph import GraphWriter, default_opset
 
@@ -66,16 +65,6 @@ class SurgeryOptions:
     recipro_variant: str = "onehot"
     map_fraction: int = 4
     class_input: bool = False
-
-
-def check_writable(out: Path) -> None:
-    parent = out.resolve().parent
-    if not parent.is_dir():
-        raise UserError(f"cannot write {out}: directory {parent} does not exist")
-    if out.is_dir():
-        raise UserError(f"cannot write {out}: it is a directory")
-    if not os.access(parent, os.W_OK) or (out.exists() and not os.access(out, os.W_OK)):
-        raise UserError(f"cannot write {out}: permission denied")
 
 
 def load_model(path: str) -> onnx.ModelProto:
@@ -368,17 +357,6 @@ def check_surgery(original: onnx.ModelProto, new: onnx.ModelProto, an: Analysis,
     return report
 
 
-def _write(model: onnx.ModelProto, out: Path) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.resolve().parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(model.SerializeToString())
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def surgery(opts: SurgeryOptions, log=print) -> dict:
     """Load, add saliency, check, write. Returns a report (path, what was found, checks)."""
     t0 = time.perf_counter()
@@ -404,7 +382,7 @@ def surgery(opts: SurgeryOptions, log=print) -> dict:
     for key, value in contract.encode_metadata(meta).items():
         new.metadata_props.add(key=key, value=value)
     new.producer_name = "edge-saliency"
-    _write(new, out)
+    write_atomic(new, out)
     return {"path": str(out), "size_mb": out.stat().st_size / 1e6, "seconds": time.perf_counter() - t0,
             "outputs": [o.name for o in new.graph.output], "metadata": meta, "checks": checks,
             "head": an.head.kind, "scale_ends": [e.node for e in an.scale_ends]}
