@@ -35,6 +35,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from benchmarks import harness  # noqa: E402
 
 VARIANTS = {  # name -> export options (besides out)
     "none": {"methods": ()},
@@ -46,16 +47,6 @@ VARIANTS = {  # name -> export options (besides out)
 DROP_PER_BLOCK = 2
 TARGET = 1.10  # issue 2: SMOE (all scale ends) + Recipro-CAM at most 1.10x the plain model
 DEFAULT = "smoe+recipro (logit, default)"
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def export_variants(folder: Path, names: list[str], size: int) -> dict[str, Path]:
@@ -231,7 +222,7 @@ def main(argv=None) -> int:
 
     load = {"before": before_load, "after": list(os.getloadavg())}
     machine = {
-        "cpu": cpu_model(), "logical_cores": os.cpu_count(), "platform": platform.platform(),
+        "cpu": harness.cpu_model(), "logical_cores": os.cpu_count(), "platform": platform.platform(),
         "python": platform.python_version(), "onnxruntime": ort.__version__,
         "numpy": np.__version__,
     }
