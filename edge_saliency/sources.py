@@ -317,7 +317,7 @@ class DemoSource(GeneratedSource):
 
     kind = "demo"
     PHOTOS = ("chelsea", "coffee", "astronaut", "rocket")
-    SECONDS_PER_PHOTO = 4.0
+    SECONDS_PER_PHOTO = 2.5  # all four photos within the 300 frames of a headless demo run
 
     def open(self) -> None:
         from edge_saliency import samples
