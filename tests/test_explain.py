@@ -89,6 +89,22 @@ def test_decam_budget_caps_the_generations():
         decam.DECAMSettings(population=16, budget=10).check()
 
 
+def test_decam_fills_the_budget_without_going_over_and_elite_averages():
+    s = decam.DECAMSettings(grid=4, population=8, generations=None, budget=101, seed=2)
+    clf = BoxClassifier()
+    r = decam.explain(clf, toy_image(), settings=s, progress=False)
+    assert r.queries == 1 + 8 * 12 <= 101 and sum(clf.batch_sizes) == r.queries
+    assert r.info["generations_run"] == 11 and r.info["map"] == "elite average"
+    pop = decam.initial_population(np.random.default_rng(0), 10, 5)
+    assert (pop[0] == 1).all() and pop.min() >= 0 and pop.max() <= 1
+    masks = np.arange(4, dtype=float)[:, None] * np.ones((4, 3))
+    np.testing.assert_allclose(decam.elite_average(masks, np.array([0.1, 0.9, 0.5, 0.2]), 0.5), np.full(3, 1.5))
+    np.testing.assert_allclose(decam.elite_average(masks, np.array([0.1, 0.9, 0.5, 0.2]), 0.0), np.full(3, 1.0))
+    best = decam.explain(BoxClassifier(), toy_image(), settings=decam.DECAMSettings(
+        grid=4, population=8, generations=None, budget=101, seed=2, elite=0), progress=False)
+    assert best.info["map"] == "best member" and not np.array_equal(best.saliency, r.saliency)
+
+
 def test_ctrl_c_keeps_the_best_map_so_far():
     clf = BoxClassifier(interrupt_on_call=5)  # clean, initial population, 2 generations, then Ctrl-C
     r = decam.explain(clf, toy_image(), settings=decam.DECAMSettings(grid=4, population=16, seed=1), progress=False)
@@ -114,10 +130,31 @@ def test_maskopt_finds_the_box_and_reconstructs_the_decision():
     a = maskopt.explain(BoxClassifier(), toy_image(), settings=s, progress=False)
     inside, outside = inside_outside(a.saliency)
     assert inside > outside + 0.3
-    assert a.info["optimise_queries"] == 1 + 40 * 17
+    assert a.info["optimise_queries"] == 1 + 40 * 17 * 2  # each point: preserved and deleted image
     assert a.info["reconstruction"]["accuracy"] == 1.0  # the kept quarter is the box itself
     b = maskopt.explain(BoxClassifier(), toy_image(), settings=s, progress=False)
     np.testing.assert_array_equal(a.saliency, b.saliency)
+
+
+def test_maskopt_is_seeded_respects_the_budget_and_reports_each_fill_type():
+    s = maskopt.MaskOptSettings(grid=4, steps=None, pairs=4, seed=5, budget=200, keep=0.25, keep_curve=(0.1, 0.5))
+    clf = BoxClassifier()
+    others = [np.full((S, S, 3), 30, np.uint8)]
+    a = maskopt.explain(clf, toy_image(), settings=s, progress=False, others=others)
+    assert a.info["optimise_queries"] == 1 + 11 * 18 <= 200  # steps fill the budget: 11 steps of 2 * 9 images
+    assert a.info["steps_run"] == 11
+    rec = a.info["reconstruction"]
+    assert set(rec["unchanged"]) == {"blur", "noise", "image0"}  # every fill type, reported one by one
+    assert rec["accuracy"] == pytest.approx(np.mean(list(rec["unchanged"].values())))
+    assert set(a.info["reconstruction_curve"]) == {"0.1", "0.25", "0.5"}
+    assert a.queries == a.info["optimise_queries"] + 3 * (1 + 3)  # the check is outside the budget
+    b = maskopt.explain(BoxClassifier(), toy_image(), settings=s, progress=False, others=others)
+    np.testing.assert_array_equal(a.saliency, b.saliency)
+    c = maskopt.explain(BoxClassifier(), toy_image(), settings=maskopt.MaskOptSettings(
+        grid=4, steps=None, pairs=4, seed=6, budget=200), progress=False)
+    assert not np.array_equal(a.saliency, c.saliency)
+    with pytest.raises(UserError):
+        maskopt.MaskOptSettings(pairs=4, budget=10).check()
 
 
 # ---------------------------------------------------------------- RISE
@@ -216,8 +253,9 @@ def test_cli_eval_table_json_and_pointing_game(tmp_path, lite0_onnx):
         hm = 3 / (1 / m["coherency"] + 1 / (1 - m["complexity"]) + 1 / (1 - m["avg_drop"]))
         assert m["adcc"] == pytest.approx(hm)  # one image: the mean ADCC is the formula of the mean parts
     assert report["summary"]["rise"]["queries"] == 16
-    # maskopt: clean image + 1 step of 2 * 2 + 1 points, then the reconstruction check (image + blur + noise);
+    # maskopt: clean image + 1 step of 2 * 2 + 1 points (preserved and deleted), then the reconstruction
+    # check (image + blur + noise) at each of the kept fractions 0.1, 0.25, 0.5;
     # --opt-steps is its own flag, apart from the 4 insertion/deletion --steps
-    assert report["summary"]["maskopt"]["queries"] == 1 + 5 + 3
+    assert report["summary"]["maskopt"]["queries"] == 1 + 2 * 5 + 3 * 3
     assert len(report["per_image"][0]["reconstruction_unchanged"]) == 2
     assert q.with_suffix(".png").is_file()

@@ -213,3 +213,14 @@ def test_salient_input_composes_kept_pixels_over_the_fill():
     rest = np.ones((H, W), bool)
     rest[BOX] = False
     assert (out[rest] == 77).all()
+
+
+def test_reconstruction_fills_are_blur_noise_and_other_images_at_the_image_size():
+    img = box_image(255, 0)
+    other = np.full((H // 2, W * 2, 3), 9, np.uint8)  # another size: resized to the image's
+    fills = metrics.reconstruction_fills(img, [other], seed=4)
+    assert list(fills) == ["blur", "noise", "image0"]
+    assert all(f.shape == img.shape and f.dtype == np.uint8 for f in fills.values())
+    assert (fills["image0"] == 9).all()
+    assert fills["blur"][BOX].mean() < 255 and fills["blur"].std() < img.std()  # the box is smeared out
+    np.testing.assert_array_equal(fills["noise"], metrics.reconstruction_fills(img, seed=4)["noise"])

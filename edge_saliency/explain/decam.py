@@ -3,9 +3,14 @@
 Search space: a ``grid x grid`` mask with values in [0, 1], upsampled bicubically (clipped to
 [0, 1]) to the model's input size. Fitness (maximised):
 
-    fitness(m) = p_c(image * up(m)) - sparsity * mean(m)
+    fitness(m) = p_c(image * up(m)) - sparsity * mean(up(m))
 
-with p_c the softmax probability of the target class on the masked image (black outside).
+with p_c the softmax probability of the target class on the masked image (black outside) and
+mean(up(m)) the mask's area at full resolution (the paper's area/sparsity term).
+
+Initialisation: member i is ``u_i * d_i`` with ``u_i ~ U(0, 1)^D`` and a density ``d_i`` spread
+evenly over [0.15, 1], so the first population spans sparse to dense masks; member 0 is the
+all-ones mask (the clean image), which keeps a high-scoring member from the start.
 
 Strategy: classic **DE/rand/1/bin** (Storn & Price): for each member x_i pick three other
 distinct members r1, r2, r3, mutant v = clip(x_r1 + F * (x_r2 - x_r3), 0, 1); binomial crossover
@@ -13,7 +18,17 @@ takes each gene from v with probability CR (and at least one gene, j_rand); the 
 x_i when its fitness is at least as good (greedy selection). The whole population's trials are
 one batched classifier call per generation. Deterministic for a given seed.
 
-The map is the best member's upsampled mask, min-max normalised to [0, 1].
+The map is the **elite average**: the mean upsampled mask of the best ``elite`` fraction of the
+final population (``elite`` = 0: the single best member), min-max normalised to [0, 1]. Averaging
+the converged elite removes the genes that selection never pressed on (cells that do not change
+the score), which otherwise stay at their random values and make the map noisy.
+
+Seeding: the RNG is seeded with ``seed`` only (not with the image), so a re-run on ``image * map``
+(ADCC's Coherency) draws the same initial population and mutations; differences in the map then
+come from the fitness landscape, not from the random numbers.
+
+With a ``budget``, ``generations`` is capped so that 1 + population * (generations + 1) <= budget;
+``generations=None`` means "as many as the budget allows" (40 without a budget).
 Queries: 1 (clean image) + population * (generations + 1).
 """
 from __future__ import annotations
@@ -31,11 +46,12 @@ from edge_saliency.explain.common import (BudgetExhausted, Classifier, Progress,
 @dataclass
 class DECAMSettings:
     grid: int = 7
-    population: int = 40
-    generations: int = 40
+    population: int = 24
+    generations: int | None = None  # None: fill the budget (40 without one)
     F: float = 0.5
     CR: float = 0.7
-    sparsity: float = 0.3
+    sparsity: float = 1.0
+    elite: float = 0.25  # fraction of the final population averaged into the map (0: best member only)
     seed: int = 0
     budget: int | None = None  # max forward passes; caps generations
 
@@ -44,8 +60,10 @@ class DECAMSettings:
             raise UserError("--grid must be at least 1")
         if self.population < 4:
             raise UserError("DE needs a population of at least 4")
-        if self.generations < 0:
+        if self.generations is not None and self.generations < 0:
             raise UserError("--generations must be >= 0")
+        if not 0 <= self.elite <= 1:
+            raise UserError("DE-CAM's elite fraction must be in [0, 1]")
         if not 0 < self.F <= 2:
             raise UserError("DE's F must be in (0, 2]")
         if not 0 <= self.CR <= 1:
@@ -54,11 +72,30 @@ class DECAMSettings:
             raise UserError(f"a query budget of {self.budget} is below DE-CAM's minimum of {1 + self.population} "
                             "(clean image + one population)")
 
-    def planned_queries(self) -> int:
-        gens = self.generations
+    def planned_generations(self) -> int:
+        gens = 40 if self.generations is None and self.budget is None else self.generations
         if self.budget is not None:
-            gens = min(gens, (self.budget - 1 - self.population) // self.population)
-        return 1 + self.population * (gens + 1)
+            fit = (self.budget - 1 - self.population) // self.population
+            gens = fit if gens is None else min(gens, fit)
+        return int(gens)
+
+    def planned_queries(self) -> int:
+        return 1 + self.population * (self.planned_generations() + 1)
+
+
+def initial_population(rng: np.random.Generator, n: int, d: int, low: float = 0.15) -> np.ndarray:
+    """[n, d] in [0, 1]: row 0 all ones, the others uniform noise scaled by densities in [low, 1]."""
+    dens = np.linspace(1.0, low, n)[:, None]
+    pop = rng.random((n, d)) * dens
+    pop[0] = 1.0
+    return pop
+
+
+def elite_average(masks: np.ndarray, fit: np.ndarray, elite: float) -> np.ndarray:
+    """Mean of the best ``elite`` fraction of ``masks`` [N, ...] by fitness (at least one member)."""
+    k = max(1, int(round(elite * len(fit))))
+    order = np.argsort(-fit, kind="stable")[:k]
+    return masks[order].mean(axis=0)
 
 
 def _mutation_indices(rng: np.random.Generator, n: int) -> np.ndarray:
@@ -98,16 +135,16 @@ def explain(classifier: Classifier, image: np.ndarray, class_index: int | None =
     def fitness(members: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         masks = upsample(members.reshape(-1, s.grid, s.grid), size)
         score = scorer.probs(apply_masks(image, masks), cls)
-        return score - s.sparsity * members.mean(axis=1), score
+        return score - s.sparsity * masks.mean(axis=(1, 2)), score
 
-    pop = rng.random((s.population, d))
+    pop = initial_population(rng, s.population, d)
     interrupted = False
     history = []
     fit = score = None
     try:
         fit, score = fitness(pop)
         history.append(float(fit.max()))
-        for _ in range(s.generations):
+        for _ in range(s.planned_generations()):
             if scorer.remaining < s.population:
                 break
             trial = de_rand_1_bin(pop, s.F, s.CR, rng)
@@ -127,9 +164,14 @@ def explain(classifier: Classifier, image: np.ndarray, class_index: int | None =
     else:
         i = int(np.argmax(fit))
         best, best_fit, best_score = pop[i], float(fit[i]), float(score[i])
-    mask = upsample(best.reshape(s.grid, s.grid), size)
-    info = {"settings": {k: getattr(s, k) for k in ("grid", "population", "generations", "F", "CR", "sparsity", "seed", "budget")},
-            "strategy": "DE/rand/1/bin", "generations_run": max(0, len(history) - 1),
+    if fit is None or s.elite == 0:
+        mask = upsample(best.reshape(s.grid, s.grid), size)
+    else:
+        mask = elite_average(upsample(pop.reshape(-1, s.grid, s.grid), size), fit, s.elite)
+    info = {"settings": {k: getattr(s, k) for k in ("grid", "population", "generations", "F", "CR", "sparsity", "elite",
+                                                    "seed", "budget")},
+            "strategy": "DE/rand/1/bin", "map": "elite average" if s.elite > 0 else "best member",
+            "generations_run": max(0, len(history) - 1),
             "best_fitness": best_fit, "best_masked_score": best_score, "best_mask_mean": float(best.mean()),
             "fitness_history": history, "clean_score": p_clean}
     return make_explanation(classifier, "decam", minmax(mask), cls, probs, scorer, time.perf_counter() - t0,
