@@ -4,7 +4,7 @@ scikit-image's cat (chelsea) and coffee cup (coffee) are pasted onto its grass a
 (grey, 448 x 448), so the pointing game has an exact ground-truth box. Writes PNGs and
 ``boxes.json`` ({stem: [[x0, y0, x1, y1]]} in the composite's pixels) into the given folder.
 
-    python benchmarks/results/explain_make_composites.py /tmp/explain_images
+    python benchmarks/explain_make_composites.py /tmp/explain_images
 """
 import json
 import sys
