@@ -14,10 +14,15 @@ backbone's (dequantised) activations, so the maps follow the quantised model's f
 their own arithmetic being quantised. Nothing here depends on node names, so any exported
 architecture works.
 
-- int8: ``onnxruntime.quantization.quantize_static``, QDQ format, per-channel int8 weights,
-  uint8 activations (QUInt8/QInt8 is ORT's recommended CPU pair), percentile calibration on real
-  photographs (a folder of images, or by default the scikit-image photographs from
-  ``edge_saliency.samples`` with a few crops and flips of each). It is fast on CPUs with
+- int8: ``onnxruntime.quantization.quantize_static``, QDQ format, per-channel symmetric int8
+  weights, uint8 activations (QUInt8/QInt8 is ORT's recommended CPU pair), percentile (99.999)
+  calibration with asymmetric ranges (ORT's percentile default is symmetric, which spends half of
+  uint8 on negative values a ReLU6 never gives), and **bias correction**: the mean error that int8
+  rounding of each Conv's weights adds to its output (``(W_q - W) · E[x]``) is subtracted from its
+  bias before quantising (logit SNR 15 -> 21 dB on the report images). Calibration images are a
+  folder, or by default scikit-image/matplotlib photographs that are *not* among the report's
+  (``CALIBRATION_PHOTOS``), each with flips and crops at two scales (``calibration_views``). Recipes compared:
+  ``benchmarks/int8_recipes.py`` -> ``benchmarks/results/int8_recipes.md``. It is fast on CPUs with
   VNNI (AVX512-VNNI / AVX-VNNI on x86, dot-product on ARMv8.2+); on older x86 CPUs the int8
   kernels may be no faster than fp32 (see ORT's quantisation docs).
 - fp16: ``onnxconverter_common.float16`` with ``keep_io_types`` and the saliency nodes in the
@@ -33,6 +38,7 @@ import sys
 import tempfile
 import time
 import warnings
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import cv2
@@ -47,10 +53,14 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 # ops quantised on the classifier path (ReLU6 = Clip and residual Adds keep activations in int8
 # between convolutions; GlobalAveragePool feeds the classifier)
 INT8_OP_TYPES = ("Conv", "Gemm", "MatMul", "Clip", "Relu", "Add", "GlobalAveragePool", "AveragePool", "MaxPool")
-# photographs for calibration and the accuracy report (all ship with scikit-image)
-CALIBRATION_PHOTOS = ("chelsea", "coffee", "astronaut", "rocket", "hubble_deep_field")
-REPORT_PHOTOS = CALIBRATION_PHOTOS + ("immunohistochemistry", "retina", "camera", "brick", "grass",
-                                      "gravel", "clock", "coins", "moon")
+# the accuracy report's photographs (all ship with scikit-image): the sample photos
+# (edge_saliency.samples.PHOTOS) first, then other scikit-image images
+EVAL_PHOTOS = ("chelsea", "coffee", "astronaut", "rocket", "hubble_deep_field")
+REPORT_PHOTOS = EVAL_PHOTOS + ("immunohistochemistry", "retina", "camera", "brick", "grass",
+                               "gravel", "clock", "coins", "moon")
+# default calibration images: disjoint from REPORT_PHOTOS, so the report measures images the
+# quantiser never saw (scikit-image's other images; matplotlib's sample photographs when installed)
+CALIBRATION_PHOTOS = ("motorcycle_left", "motorcycle_right", "grace_hopper", "present_pack", "lfw_faces")
 
 
 # ------------------------------------------------------------------ images
@@ -64,6 +74,19 @@ def views(img: np.ndarray) -> list[np.ndarray]:
             np.ascontiguousarray(img[: int(h * 0.8), : int(w * 0.8)])]
 
 
+def calibration_views(img: np.ndarray) -> list[np.ndarray]:
+    """``views`` plus a 3x3 grid of half-size crops and their flips (22 inputs per photo): objects at
+    several scales and positions, as a camera sees them."""
+    h, w = img.shape[:2]
+    out = views(img)
+    for fy in (0.0, 0.25, 0.5):
+        for fx in (0.0, 0.25, 0.5):
+            y, x = int(h * fy), int(w * fx)
+            crop = np.ascontiguousarray(img[y:y + h // 2, x:x + w // 2])
+            out += [crop, np.ascontiguousarray(crop[:, ::-1])]
+    return out
+
+
 def resize(img: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """As the runtime does (SaliencyModel.preprocess): INTER_AREA when shrinking."""
     h, w = size
@@ -71,13 +94,63 @@ def resize(img: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return cv2.resize(img, (w, h), interpolation=interp)
 
 
-def sample_images(names=CALIBRATION_PHOTOS, with_views: bool = True) -> list[np.ndarray]:
+def sample_images(names=EVAL_PHOTOS, with_views: bool = True) -> list[np.ndarray]:
     from edge_saliency import samples
 
     out = []
     for n in names:
         img = samples.photo(n)
         out.extend(views(img) if with_views else [img])
+    return out
+
+
+def _to_bgr(img: np.ndarray) -> np.ndarray:
+    """RGB / RGBA (composited on white) / grey / bool / float [0, 1] -> BGR uint8."""
+    img = np.asarray(img)
+    if img.dtype == bool:
+        img = img.astype(np.uint8) * 255
+    elif img.dtype != np.uint8:
+        img = np.clip(img * 255.0 if img.max() <= 1.0 else img, 0, 255).astype(np.uint8)
+    if img.ndim == 2:
+        img = np.stack([img] * 3, axis=-1)
+    if img.shape[2] == 4:
+        a = img[:, :, 3:4].astype(np.float32) / 255.0
+        img = (img[:, :, :3] * a + 255.0 * (1.0 - a)).astype(np.uint8)
+    return np.ascontiguousarray(img[:, :, ::-1])
+
+
+def calibration_photo(name: str) -> np.ndarray | None:
+    """One default calibration image (BGR), or None where its package is missing."""
+    import skimage.data
+
+    if name in ("motorcycle_left", "motorcycle_right"):
+        left, right, _ = skimage.data.stereo_motorcycle()
+        return _to_bgr(left if name == "motorcycle_left" else right)
+    if name == "lfw_faces":  # 16 small face crops as a 4x4 mosaic
+        faces = skimage.data.lfw_subset()[:16]
+        return _to_bgr(np.vstack([np.hstack(list(faces[r * 4:(r + 1) * 4])) for r in range(4)]))
+    if name in ("grace_hopper", "present_pack"):
+        try:
+            from matplotlib import cbook
+        except ImportError:
+            return None
+        f = {"grace_hopper": "grace_hopper.jpg", "present_pack": "Minduka_Present_Blue_Pack.png"}[name]
+        return cv2.imread(str(cbook.get_sample_data(f, asfileobj=False)), cv2.IMREAD_COLOR)
+    return _to_bgr(getattr(skimage.data, name)())
+
+
+def calibration_images(names=CALIBRATION_PHOTOS) -> list[np.ndarray]:
+    """The default calibration set: ``calibration_views`` of each of ``names`` (110 images)."""
+    try:
+        import skimage.data  # noqa: F401
+    except ImportError as exc:
+        raise UserError("default int8 calibration uses scikit-image's images: pip install scikit-image, "
+                        "or pass --calibration DIR") from exc
+    out = []
+    for n in names:
+        img = calibration_photo(n)
+        if img is not None:
+            out.extend(calibration_views(img))
     return out
 
 
@@ -208,37 +281,158 @@ def _progress_line(i: int, n: int) -> None:
     sys.stderr.flush()
 
 
-def quantize_int8(src: onnx.ModelProto, images: list[np.ndarray], progress=_progress_line) -> tuple[onnx.ModelProto, dict]:
+@dataclass(frozen=True)
+class Int8Recipe:
+    """How ``quantize_int8`` calls ``onnxruntime.quantization.quantize_static`` (the knobs compared in
+    benchmarks/int8_recipes.py; the defaults are the recipe that measured best there)."""
+    calibrate_method: str = "percentile"      # percentile | minmax | entropy
+    percentile: float = 99.999                 # for percentile
+    range_symmetric: bool = False              # CalibTensorRangeSymmetric (ORT's percentile default is True)
+    moving_average: bool = False               # CalibMovingAverage (minmax)
+    activation_type: str = "QUInt8"
+    weight_type: str = "QInt8"
+    per_channel: bool = True
+    reduce_range: bool = False
+    weight_symmetric: bool = True
+    activation_symmetric: bool = False
+    quantize_bias: bool = True
+    exclude: tuple[str, ...] = ()              # "depthwise", "stem" (first conv), "classifier" (Gemm/MatMul)
+    optimize: bool = True                      # quant_pre_process graph optimisation
+    bias_correction: bool = True               # fold the mean error of int8 weights into the Conv biases
+
+    def describe(self) -> dict:
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items()}
+
+
+DEFAULT_RECIPE = Int8Recipe()
+
+
+def _excluded_nodes(model: onnx.ModelProto, path_nodes: set[str], rules: tuple[str, ...]) -> set[str]:
+    """Names of classifier-path nodes that ``rules`` keep in float32."""
+    unknown = set(rules) - {"depthwise", "stem", "classifier"}
+    if unknown:
+        raise UserError(f"unknown int8 exclusion rule(s): {sorted(unknown)}")
+    inits = {t.name: t for t in model.graph.initializer}
+    out = set()
+    convs = [n for n in model.graph.node if n.name in path_nodes and n.op_type == "Conv"]
+    for n in convs:
+        group = next((a.i for a in n.attribute if a.name == "group"), 1)
+        w = inits.get(n.input[1]) if len(n.input) > 1 else None
+        if "depthwise" in rules and group > 1 and w is not None and w.dims[1] == 1:
+            out.add(n.name)
+    if "stem" in rules and convs:
+        out.add(convs[0].name)
+    if "classifier" in rules:
+        out.update(n.name for n in model.graph.node if n.name in path_nodes and n.op_type in ("Gemm", "MatMul"))
+    # the ReLU6/ReLU right after an excluded Conv stays float too: quantised alone, it would put a
+    # QDQ pair on the Conv's raw output with that tensor's wide calibrated range
+    excluded_outputs = {o for n in model.graph.node if n.name in out for o in n.output}
+    out.update(n.name for n in model.graph.node
+               if n.name in path_nodes and n.op_type in ("Clip", "Relu") and n.input[0] in excluded_outputs)
+    return out
+
+
+def _bias_correct(model: onnx.ModelProto, nodes: set[str], reader: "_ImageReader", recipe: Int8Recipe) -> int:
+    """Bias correction (Nagel et al., "Data-Free Quantization", 2019, empirical form): int8 weights
+    shift each output channel's mean by ``(W_q - W) · E[x]``; subtract that from the Conv's bias, with
+    ``E[x]`` the per-channel mean of the Conv's input over the calibration images (fp32 model) and
+    ``W_q`` the weights as quantize_static will round them (symmetric, per channel or per tensor).
+    Returns the number of corrected Convs."""
+    import onnxruntime as ort
+    from onnx import numpy_helper
+
+    inits = {t.name: t for t in model.graph.initializer}
+    # a bias also read outside the quantised nodes (a float saliency subgraph) is left alone
+    shared = {i for n in model.graph.node if n.name not in nodes for i in n.input}
+    convs = [n for n in model.graph.node if n.name in nodes and n.op_type == "Conv" and len(n.input) > 2
+             and n.input[1] in inits and n.input[2] in inits and n.input[2] not in shared]
+    if not convs or not recipe.weight_symmetric:
+        return 0
+    inputs = sorted({n.input[0] for n in convs})
+    aug = onnx.ModelProto()
+    aug.CopyFrom(model)
+    have = {o.name for o in aug.graph.output}
+    aug.graph.output.extend(onnx.helper.make_empty_tensor_value_info(t) for t in inputs if t not in have)
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    sess = ort.InferenceSession(aug.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    sums, count = {t: 0.0 for t in inputs}, 0
+    reader.rewind()
+    while (feed := reader.get_next()) is not None:
+        for t, v in zip(inputs, sess.run(inputs, feed)):
+            sums[t] = sums[t] + v.astype(np.float64).mean(axis=(0, 2, 3))
+        count += 1
+    reader.rewind()
+    qmax = 32767 if recipe.weight_type.endswith("16") else (63 if recipe.reduce_range else 127)
+    for n in convs:
+        w = numpy_helper.to_array(inits[n.input[1]]).astype(np.float64)
+        b = numpy_helper.to_array(inits[n.input[2]]).astype(np.float64)
+        flat = np.abs(w).reshape(w.shape[0], -1)
+        scale = flat.max(axis=1) if recipe.per_channel else np.full(w.shape[0], flat.max())
+        scale = np.where(scale > 0, scale / qmax, 1.0)[:, None, None, None]
+        dw = np.clip(np.round(w / scale), -qmax, qmax) * scale - w
+        mean = sums[n.input[0]] / max(count, 1)
+        group = next((a.i for a in n.attribute if a.name == "group"), 1)
+        cin = w.shape[1]
+        # output channel o reads input channels (o // (C_out/group)) * cin ... + cin
+        per_group_out = w.shape[0] // group
+        idx = (np.arange(w.shape[0]) // per_group_out)[:, None] * cin + np.arange(cin)[None, :]
+        shift = (dw.sum(axis=(2, 3)) * mean[idx]).sum(axis=1)
+        inits[n.input[2]].CopyFrom(numpy_helper.from_array((b - shift).astype(np.float32), n.input[2]))
+    return len(convs)
+
+
+def quantize_int8(src: onnx.ModelProto, images: list[np.ndarray], progress=_progress_line,
+                  recipe: Int8Recipe = DEFAULT_RECIPE, cache: str | os.PathLike | None = None) -> tuple[onnx.ModelProto, dict]:
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
+    methods = {"percentile": CalibrationMethod.Percentile, "minmax": CalibrationMethod.MinMax,
+               "entropy": CalibrationMethod.Entropy}
     size = _input_size(src)
     class_input = any(i.name == contract.CLASS_INPUT for i in src.graph.input)
     with tempfile.TemporaryDirectory(prefix="edge_saliency_q_") as tmp:
         raw, pre, out = Path(tmp) / "fp32.onnx", Path(tmp) / "pre.onnx", Path(tmp) / "int8.onnx"
         onnx.save(src, str(raw))
         # ORT's recommended pre-processing: shape inference + graph optimisation (fuses, folds)
-        quant_pre_process(str(raw), str(pre), skip_symbolic_shape=True)
+        quant_pre_process(str(raw), str(pre), skip_symbolic_shape=True, skip_optimization=not recipe.optimize)
         model = onnx.load(str(pre))
         _ensure_node_names(model)
-        onnx.save(model, str(pre))
         path_nodes = classifier_nodes(model)
-        to_quantize = sorted(n.name for n in model.graph.node if n.name in path_nodes and n.op_type in INT8_OP_TYPES)
+        excluded = _excluded_nodes(model, path_nodes, recipe.exclude)
+        to_quantize = sorted(n.name for n in model.graph.node
+                             if n.name in path_nodes and n.op_type in INT8_OP_TYPES and n.name not in excluded)
         kept_float = sorted({n.op_type for n in model.graph.node if n.name not in path_nodes})
+        corrected = 0
+        if recipe.bias_correction:
+            corrected = _bias_correct(model, set(to_quantize), _ImageReader(images, size, class_input), recipe)
+        onnx.save(model, str(pre))
         reader = _ImageReader(images, size, class_input, progress)
+        extra = {"ActivationSymmetric": recipe.activation_symmetric, "WeightSymmetric": recipe.weight_symmetric,
+                 "CalibTensorRangeSymmetric": recipe.range_symmetric, "QuantizeBias": recipe.quantize_bias}
+        if recipe.calibrate_method == "percentile":
+            extra["CalibPercentile"] = recipe.percentile
+        if recipe.moving_average:
+            extra["CalibMovingAverage"] = True
         quantize_static(
-            str(pre), str(out), reader, quant_format=QuantFormat.QDQ, per_channel=True,
-            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+            str(pre), str(out), reader, quant_format=QuantFormat.QDQ, per_channel=recipe.per_channel,
+            reduce_range=recipe.reduce_range,
+            activation_type=getattr(QuantType, recipe.activation_type), weight_type=getattr(QuantType, recipe.weight_type),
             op_types_to_quantize=list(INT8_OP_TYPES), nodes_to_quantize=to_quantize,
-            calibrate_method=CalibrationMethod.Percentile,
-            extra_options={"ActivationSymmetric": False, "WeightSymmetric": True},
+            calibrate_method=methods[recipe.calibrate_method], extra_options=extra,
+            calibration_cache_path=cache,
         )
         q = onnx.load(str(out))
+    method = recipe.calibrate_method + (f" {recipe.percentile}" if recipe.calibrate_method == "percentile" else "")
     info = {
         "dtype": "int8", "format": "QDQ", "tool": "onnxruntime.quantization.quantize_static",
-        "weights": "int8 per-channel symmetric", "activations": "uint8 per-tensor asymmetric",
-        "calibration": {"method": "Percentile 99.999", "images": len(images)},
-        "quantized_nodes": len(to_quantize), "float_saliency_ops": kept_float,
+        "weights": f"{recipe.weight_type} {'per-channel' if recipe.per_channel else 'per-tensor'} "
+                   f"{'symmetric' if recipe.weight_symmetric else 'asymmetric'}",
+        "activations": f"{recipe.activation_type} per-tensor {'symmetric' if recipe.activation_symmetric else 'asymmetric'}",
+        "calibration": {"method": method, "images": len(images)},
+        "recipe": recipe.describe(),
+        "bias_corrected_convs": corrected,
+        "quantized_nodes": len(to_quantize), "float_classifier_nodes": len(excluded), "float_saliency_ops": kept_float,
     }
     return q, info
 
@@ -314,7 +508,7 @@ def convert_fp16(src: onnx.ModelProto) -> tuple[onnx.ModelProto, dict]:
 
 # ------------------------------------------------------------------ entry point
 def convert(src_path: str | os.PathLike, out_path: str | os.PathLike, precision: str,
-            calibration: str | None = None, log=print) -> dict:
+            calibration: str | None = None, log=print, recipe: Int8Recipe | None = None) -> dict:
     """Write ``out_path``: ``src_path`` (an edge-saliency fp32 file) in ``precision``."""
     if precision not in PRECISIONS:
         raise UserError(f"unknown precision {precision!r}; choose from: {', '.join(PRECISIONS)}")
@@ -328,11 +522,11 @@ def convert(src_path: str | os.PathLike, out_path: str | os.PathLike, precision:
             _write(src, out)
         return {"path": str(out), "precision": "fp32", "seconds": 0.0, "size_mb": out.stat().st_size / 1e6}
     if precision == "int8":
-        images = folder_images(calibration) if calibration else sample_images()
+        images = folder_images(calibration) if calibration else calibration_images()
         log(f"int8: calibrating on {len(images)} images "
-            f"({calibration or 'scikit-image photographs: ' + ', '.join(CALIBRATION_PHOTOS) + ', with flips and crops'})")
-        model, info = quantize_int8(src, images)
-        info["calibration"]["source"] = str(calibration) if calibration else "scikit-image photographs"
+            f"({calibration or 'scikit-image/matplotlib photographs: ' + ', '.join(CALIBRATION_PHOTOS) + ', with flips and crops'})")
+        model, info = quantize_int8(src, images, recipe=recipe or DEFAULT_RECIPE)
+        info["calibration"]["source"] = str(calibration) if calibration else "default: " + ", ".join(CALIBRATION_PHOTOS)
     else:
         model, info = convert_fp16(src)
     _check_contract(model, src)
@@ -363,13 +557,15 @@ def pearson(a: np.ndarray, b: np.ndarray) -> float:
 
 def accuracy_report(reference_path, variant_path, images: list[np.ndarray], provider: str = "cpu",
                     threads: int | None = None) -> dict:
-    """Top-1 agreement of ``variant`` with ``reference`` and per-map Pearson correlations
-    (smoe, each scale of smoe_scales, recipro_cam) on ``images`` (BGR, any size)."""
+    """Top-1 agreement of ``variant`` with ``reference``, the logits' signal-to-noise ratio
+    (dB, the reference's logits as signal, the difference as noise) and per-map Pearson
+    correlations (smoe, each scale of smoe_scales, recipro_cam) on ``images`` (BGR, any size)."""
     from edge_saliency.model import SaliencyModel
 
     ref = SaliencyModel(reference_path, provider=provider, threads=threads)
     var = SaliencyModel(variant_path, provider=provider, threads=threads)
     agree, n = 0, 0
+    signal = noise = 0.0  # logit SQNR
     confident = []  # agreement where the fp32 top-1 probability is >= 0.5
     corr: dict[str, list[float]] = {}
     for img in images:
@@ -379,6 +575,8 @@ def accuracy_report(reference_path, variant_path, images: list[np.ndarray], prov
         same = int(a[contract.TARGET][0] == b[contract.TARGET][0])
         agree += same
         logits = a[contract.LOGITS][0].astype(np.float64)
+        signal += float((logits ** 2).sum())
+        noise += float(((logits - b[contract.LOGITS][0]) ** 2).sum())
         p = np.exp(logits - logits.max())
         if p.max() / p.sum() >= 0.5:
             confident.append(same)
@@ -391,6 +589,7 @@ def accuracy_report(reference_path, variant_path, images: list[np.ndarray], prov
                     pearson(a[contract.SMOE_SCALES][0, s], b[contract.SMOE_SCALES][0, s]))
     return {
         "images": n, "top1_agreement": agree / max(n, 1),
+        "logit_sqnr_db": float(10 * np.log10(signal / noise)) if noise > 0 else float("inf"),
         "confident_images": len(confident), "top1_agreement_confident": float(np.mean(confident)) if confident else None,
         "map_correlation": {k: {"mean": float(np.mean(v)), "min": float(np.min(v))} for k, v in corr.items()},
     }

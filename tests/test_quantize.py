@@ -67,6 +67,7 @@ def test_variant_keeps_contract_and_metadata(precision, lite0_onnx, int8_onnx, t
         ops = {n.op_type for n in var.graph.node}
         assert {"QuantizeLinear", "DequantizeLinear"} <= ops
         assert info["quantized_nodes"] > 40
+        assert info["bias_corrected_convs"] > 40  # the default recipe
         assert path.stat().st_size < 0.5 * lite0_onnx.stat().st_size  # int8 weights
     # the runtime opens it like any model and the maps keep their ranges and shapes
     m, r = SaliencyModel(path, provider="cpu", threads=1), SaliencyModel(lite0_onnx, provider="cpu", threads=1)
@@ -97,16 +98,81 @@ def test_int8_maps_correlate_with_fp32(int8_report):
 
 
 @pytest.mark.xfail(strict=True, reason=(
-    "measured 80% (16/20) on the sample photos: the 4 changed classes are on low-confidence images "
-    "(fp32 top-1 probability < 0.35: astronaut bobsled/football helmet, rocket, hubble); "
-    "see test_int8_agrees_on_confident_images"))
+    "measured 85% (17/20) on the sample views (85.7% on 56 views), calibrated on other photos: the "
+    "changed classes are on low-confidence images (fp32 top-1 probability < 0.5), where fp32 itself agrees with itself only 80% under +-1 grey level of noise and 70% after "
+    "JPEG q95 (benchmarks/results/int8_recipes.md); see test_int8_agrees_on_confident_images and "
+    "test_int8_logit_error_is_below_one_grey_level_of_noise"))
 def test_int8_top1_agreement_meets_target(int8_report):
     assert int8_report["top1_agreement"] >= MIN_AGREEMENT, int8_report["top1_agreement"]
+
+
+def test_int8_logit_error_is_below_one_grey_level_of_noise(lite0_onnx, int8_report, photos):
+    """int8 moves the logits less than +-1 grey level of uniform noise on the input moves fp32's."""
+    from edge_saliency.model import SaliencyModel
+
+    ref = SaliencyModel(lite0_onnx, provider="cpu", threads=2)
+    rng = np.random.default_rng(0)
+    signal = noise = 0.0
+    for img in photos:
+        x = ref.preprocess(img)[None]
+        noisy = np.clip(x.astype(np.int16) + rng.integers(-1, 2, x.shape), 0, 255).astype(np.uint8)
+        a, b = ref.run(x)[contract.LOGITS].astype(np.float64), ref.run(noisy)[contract.LOGITS]
+        signal += float((a ** 2).sum())
+        noise += float(((a - b) ** 2).sum())
+    one_level_db = 10 * np.log10(signal / noise)
+    assert int8_report["logit_sqnr_db"] > one_level_db, (int8_report["logit_sqnr_db"], one_level_db)
 
 
 def test_int8_agrees_on_confident_images(int8_report):
     assert int8_report["confident_images"] >= 5
     assert int8_report["top1_agreement_confident"] >= MIN_AGREEMENT, int8_report
+
+
+def test_bias_correction_subtracts_the_rounding_error_times_the_input_mean():
+    """Plain, grouped and depthwise Convs: new bias = b - sum (W_q - W) * E[x] over each output
+    channel's input channels, with W_q symmetric per-channel int8 rounding."""
+    from onnx import helper, numpy_helper
+
+    rng = np.random.default_rng(1)
+    shapes = {"plain": ((6, 4, 3, 3), 1), "grouped": ((6, 2, 3, 3), 2), "depthwise": ((4, 1, 3, 3), 4)}
+    nodes, inits, outs = [], [], []
+    for name, (shape, group) in shapes.items():
+        inits += [numpy_helper.from_array(rng.normal(size=shape).astype(np.float32), f"w_{name}"),
+                  numpy_helper.from_array(rng.normal(size=shape[0]).astype(np.float32), f"b_{name}")]
+        nodes.append(helper.make_node("Conv", ["x", f"w_{name}", f"b_{name}"], [f"y_{name}"], name=name,
+                                      group=group, pads=[1, 1, 1, 1]))
+        outs.append(helper.make_tensor_value_info(f"y_{name}", onnx.TensorProto.FLOAT, None))
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 4, 5, 5])],
+                              outs, inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    feeds = [{"x": rng.normal(loc=[[[1.0]], [[-2.0]], [[0.5]], [[3.0]]], size=(1, 4, 5, 5)).astype(np.float32)}
+             for _ in range(3)]
+
+    class Reader:
+        i = 0
+
+        def get_next(self):
+            self.i += 1
+            return feeds[self.i - 1] if self.i <= len(feeds) else None
+
+        def rewind(self):
+            self.i = 0
+
+    before = {t.name: numpy_helper.to_array(t).astype(np.float64) for t in model.graph.initializer}
+    assert quantize._bias_correct(model, set(shapes), Reader(), quantize.Int8Recipe()) == 3
+    after = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    mean = np.mean([f["x"].mean(axis=(0, 2, 3)) for f in feeds], axis=0)
+    for name, (shape, group) in shapes.items():
+        w = before[f"w_{name}"]
+        scale = np.abs(w).reshape(shape[0], -1).max(axis=1)[:, None, None, None] / 127
+        dw = np.round(w / scale) * scale - w
+        per_group_out, cin = shape[0] // group, shape[1]
+        want = before[f"b_{name}"].copy()
+        for o in range(shape[0]):
+            g = o // per_group_out
+            want[o] -= sum(dw[o, i].sum() * mean[g * cin + i] for i in range(cin))
+        np.testing.assert_allclose(after[f"b_{name}"], want, rtol=1e-5, atol=1e-6)
+        np.testing.assert_array_equal(after[f"w_{name}"], before[f"w_{name}"].astype(np.float32))
 
 
 def test_classifier_nodes_exclude_saliency_heads(lite0_onnx):
