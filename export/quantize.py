@@ -47,6 +47,7 @@ import onnx
 
 from edge_saliency import contract
 from edge_saliency.errors import UserError
+from export.model_file import write_atomic
 
 PRECISIONS = ("fp32", "fp16", "int8")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
@@ -227,17 +228,6 @@ def _load(path: str | os.PathLike) -> onnx.ModelProto:
         return onnx.load(str(path))
     except Exception as exc:
         raise UserError(f"cannot read {path} as ONNX: {type(exc).__name__}") from exc
-
-
-def _write(model: onnx.ModelProto, out: Path) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.resolve().parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(model.SerializeToString())
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _check_contract(model: onnx.ModelProto, reference: onnx.ModelProto) -> None:
@@ -519,7 +509,7 @@ def convert(src_path: str | os.PathLike, out_path: str | os.PathLike, precision:
     props = _meta(src)
     if precision == "fp32":
         if Path(src_path).resolve() != out.resolve():
-            _write(src, out)
+            write_atomic(src, out)
         return {"path": str(out), "precision": "fp32", "seconds": 0.0, "size_mb": out.stat().st_size / 1e6}
     if precision == "int8":
         images = folder_images(calibration) if calibration else calibration_images()
@@ -537,7 +527,7 @@ def convert(src_path: str | os.PathLike, out_path: str | os.PathLike, precision:
         onnx.checker.check_model(model)
     except Exception as exc:
         raise UserError(f"{precision} model failed onnx.checker: {str(exc).splitlines()[0]}") from exc
-    _write(model, out)
+    write_atomic(model, out)
     return {"path": str(out), "precision": precision, "seconds": time.perf_counter() - t0,
             "size_mb": out.stat().st_size / 1e6, "info": info}
 
