@@ -121,10 +121,10 @@ def main(argv=None) -> int:
         "| path | with saliency / without (medians) |", "|---|---|",
         f"| torch export | {ratios['torch']:.3f} |", f"| ONNX surgery | {ratios['surgery']:.3f} |", "",
         "Same 5 scale ends (the zoo's) and Recipro-CAM (GAP + linear shortcut, logit score) on both paths; "
-        "'without' is the same path with `--methods none` (preprocessing only). The surgery keeps the plain "
-        "export's graph as it is (its Pad nodes stay; the torch path folds them into the Convs, "
-        "export/graph_passes.py), and its SMOE takes one log per channel value where the torch side's SMOE "
-        "multiplies channel groups first (export/methods/smoe.py).",
+        "'without' is the same path with `--methods none` (preprocessing only). Both paths fold the Pads "
+        "into the Convs (export/graph_passes.py). Differences: the surgery wraps the plain model's float "
+        "input with its own preprocessing ops, and its SMOE takes one log per channel value where the "
+        "torch side's SMOE multiplies channel groups first (export/methods/smoe.py).",
     ]
     out = ROOT / "benchmarks" / "results"
     out.mkdir(parents=True, exist_ok=True)
