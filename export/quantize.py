@@ -120,8 +120,8 @@ def _to_bgr(img: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(img[:, :, ::-1])
 
 
-def calibration_photo(name: str) -> np.ndarray | None:
-    """One default calibration image (BGR), or None where its package is missing."""
+def calibration_photo(name: str) -> np.ndarray:
+    """One default calibration image (BGR)."""
     import skimage.data
 
     if name in ("motorcycle_left", "motorcycle_right"):
@@ -133,8 +133,9 @@ def calibration_photo(name: str) -> np.ndarray | None:
     if name in ("grace_hopper", "present_pack"):
         try:
             from matplotlib import cbook
-        except ImportError:
-            return None
+        except ImportError as exc:  # part of the export extra: a silently smaller set gives another model
+            raise UserError("default int8 calibration uses matplotlib's sample photographs: "
+                            "pip install 'edge-saliency[export]' (matplotlib), or pass --calibration DIR") from exc
         f = {"grace_hopper": "grace_hopper.jpg", "present_pack": "Minduka_Present_Blue_Pack.png"}[name]
         return cv2.imread(str(cbook.get_sample_data(f, asfileobj=False)), cv2.IMREAD_COLOR)
     return _to_bgr(getattr(skimage.data, name)())
@@ -149,9 +150,7 @@ def calibration_images(names=CALIBRATION_PHOTOS) -> list[np.ndarray]:
                         "or pass --calibration DIR") from exc
     out = []
     for n in names:
-        img = calibration_photo(n)
-        if img is not None:
-            out.extend(calibration_views(img))
+        out.extend(calibration_views(calibration_photo(n)))
     return out
 
 

@@ -228,3 +228,13 @@ def test_cli_rejects_bad_calibration_before_exporting(tmp_path, capsys):
     assert main(["export", "--precision", "int8", "--calibration", str(tmp_path / "missing"), "--out", str(out)]) == 2
     assert "not a directory" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_default_calibration_refuses_a_smaller_set(monkeypatch):
+    """Without matplotlib two default photos would be missing: a different calibration set, a
+    different int8 model. That is an error, not a silent change."""
+    import sys
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    with pytest.raises(UserError, match="pip install 'edge-saliency\\[export\\]'"):
+        quantize.calibration_images()
