@@ -261,6 +261,20 @@ def check_image(image: np.ndarray, classifier: Classifier) -> np.ndarray:
     return image
 
 
+def start(name: str, classifier: Classifier, image: np.ndarray, settings, planned: int,
+          progress: bool | None, batch_size: int | None, min_batch: int = 0) -> tuple[np.ndarray, "Scorer"]:
+    """What every black-box method does first: check its settings and the image, open the
+    progress bar for ``planned`` queries and the scorer under the settings' budget. Unless the
+    caller fixes ``batch_size``, batches hold at least ``min_batch`` images (capped at 256), so
+    one population or step is one session.run."""
+    settings.check()
+    image = check_image(image, classifier)
+    scorer = Scorer(classifier, settings.budget, batch_size or None, Progress(planned, name, enabled=progress))
+    if not batch_size and min_batch:
+        scorer.batch_size = max(scorer.batch_size, min(min_batch, 256))
+    return image, scorer
+
+
 def upsample(masks: np.ndarray, size: tuple[int, int], smooth: bool = True) -> np.ndarray:
     """[N, g, g] (or [g, g]) values in [0, 1] -> [N, H, W] by bicubic (smooth) or bilinear interpolation."""
     single = masks.ndim == 2

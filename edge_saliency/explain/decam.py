@@ -39,8 +39,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from edge_saliency.errors import UserError
-from edge_saliency.explain.common import (BudgetExhausted, Classifier, Progress, Scorer, apply_masks,
-                                          check_image, make_explanation, minmax, target_of, upsample)
+from edge_saliency.explain.common import (BudgetExhausted, Classifier, apply_masks, start, make_explanation,
+                                          minmax, target_of, upsample)
 
 
 @dataclass
@@ -120,13 +120,8 @@ def de_rand_1_bin(pop: np.ndarray, F: float, CR: float, rng: np.random.Generator
 def explain(classifier: Classifier, image: np.ndarray, class_index: int | None = None,
             settings: DECAMSettings | None = None, progress: bool | None = None, batch_size: int | None = None):
     s = settings or DECAMSettings()
-    s.check()
-    image = check_image(image, classifier)
+    image, scorer = start("decam", classifier, image, s, s.planned_queries(), progress, batch_size, s.population)
     size = classifier.input_size
-    bar = Progress(s.planned_queries(), "decam", enabled=progress)
-    scorer = Scorer(classifier, s.budget, batch_size or None, bar)
-    if batch_size is None:
-        scorer.batch_size = max(scorer.batch_size, min(s.population, 256))
     t0 = time.perf_counter()
     rng = np.random.default_rng(s.seed)
     cls, p_clean, probs = target_of(classifier, image, class_index, scorer)
@@ -157,7 +152,7 @@ def explain(classifier: Classifier, image: np.ndarray, class_index: int | None =
     except BudgetExhausted:
         pass
     finally:
-        bar.close()
+        scorer.progress.close()
     if fit is None:  # interrupted before the first population was scored
         best = np.ones(d)
         best_fit = best_score = float("nan")

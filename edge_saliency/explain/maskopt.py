@@ -40,8 +40,8 @@ import numpy as np
 
 from edge_saliency import metrics
 from edge_saliency.errors import UserError
-from edge_saliency.explain.common import (BudgetExhausted, Classifier, Progress, Scorer, apply_masks,
-                                          check_image, make_explanation, minmax, target_of, upsample)
+from edge_saliency.explain.common import (BudgetExhausted, Classifier, apply_masks, start, make_explanation,
+                                          minmax, target_of, upsample)
 
 
 @dataclass
@@ -125,15 +125,11 @@ def explain(classifier: Classifier, image: np.ndarray, class_index: int | None =
             settings: MaskOptSettings | None = None, progress: bool | None = None, batch_size: int | None = None,
             others: list[np.ndarray] = ()):
     s = settings or MaskOptSettings()
-    s.check()
-    image = check_image(image, classifier)
-    size = classifier.input_size
     n_fills = 2 + len(others)
     keeps = sorted({s.keep, *s.keep_curve})
-    bar = Progress(s.planned_queries() + ((1 + n_fills) * len(keeps) if s.reconstruct else 0), "maskopt", enabled=progress)
-    scorer = Scorer(classifier, None if s.budget is None else s.budget, batch_size, bar)
-    if batch_size is None:
-        scorer.batch_size = max(scorer.batch_size, min(s.per_step, 256))
+    planned = s.planned_queries() + ((1 + n_fills) * len(keeps) if s.reconstruct else 0)
+    image, scorer = start("maskopt", classifier, image, s, planned, progress, batch_size, s.per_step)
+    size = classifier.input_size
     t0 = time.perf_counter()
     rng = np.random.default_rng(s.seed)
     cls, p_clean, probs = target_of(classifier, image, class_index, scorer)
@@ -197,7 +193,7 @@ def explain(classifier: Classifier, image: np.ndarray, class_index: int | None =
                                             for k, v in curve.items()}
         except KeyboardInterrupt:
             interrupted = True
-    bar.close()
+    scorer.progress.close()
     info["optimise_queries"] = optimise_queries
     return make_explanation(classifier, "maskopt", saliency, cls, probs, scorer, time.perf_counter() - t0,
                             interrupted, info)

@@ -18,8 +18,8 @@ import cv2
 import numpy as np
 
 from edge_saliency.errors import UserError
-from edge_saliency.explain.common import (BudgetExhausted, Classifier, Progress, Scorer, apply_masks,
-                                          check_image, make_explanation, minmax, target_of)
+from edge_saliency.explain.common import (BudgetExhausted, Classifier, apply_masks, start, make_explanation,
+                                          minmax, target_of)
 
 
 @dataclass
@@ -62,11 +62,8 @@ def random_masks(rng: np.random.Generator, n: int, grid: int, p: float, size: tu
 def explain(classifier: Classifier, image: np.ndarray, class_index: int | None = None,
             settings: RISESettings | None = None, progress: bool | None = None, batch_size: int | None = None):
     s = settings or RISESettings()
-    s.check()
-    image = check_image(image, classifier)
+    image, scorer = start("rise", classifier, image, s, s.planned_queries(), progress, batch_size)
     size = classifier.input_size
-    bar = Progress(s.planned_queries(), "rise", enabled=progress)
-    scorer = Scorer(classifier, s.budget, batch_size, bar)
     t0 = time.perf_counter()
     rng = np.random.default_rng(s.seed)
     cls, p_clean, probs = target_of(classifier, image, class_index, scorer)
@@ -86,7 +83,7 @@ def explain(classifier: Classifier, image: np.ndarray, class_index: int | None =
     except BudgetExhausted:
         pass
     finally:
-        bar.close()
+        scorer.progress.close()
     saliency = total / (max(used, 1) * s.p)
     info = {"settings": {k: getattr(s, k) for k in ("masks", "grid", "p", "seed", "budget")},
             "masks_used": used, "clean_score": p_clean}
