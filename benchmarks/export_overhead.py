@@ -35,7 +35,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from benchmarks import harness  # noqa: E402
+from edge_saliency.device_info import cpu_model  # noqa: E402
 
 VARIANTS = {  # name -> export options (besides out)
     "none": {"methods": ()},
@@ -222,7 +222,7 @@ def main(argv=None) -> int:
 
     load = {"before": before_load, "after": list(os.getloadavg())}
     machine = {
-        "cpu": harness.cpu_model(), "logical_cores": os.cpu_count(), "platform": platform.platform(),
+        "cpu": cpu_model(), "logical_cores": os.cpu_count(), "platform": platform.platform(),
         "python": platform.python_version(), "onnxruntime": ort.__version__,
         "numpy": np.__version__,
     }

@@ -29,6 +29,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from edge_saliency.capture import Capture  # noqa: E402
+from edge_saliency.device_info import cpu_model  # noqa: E402
 from edge_saliency.live import LiveLoop  # noqa: E402
 from edge_saliency.model import SaliencyModel, ensure_default_model  # noqa: E402
 from edge_saliency.render import Renderer  # noqa: E402
@@ -40,26 +41,9 @@ RESULTS = Path(__file__).resolve().parent / "results"
 def machine() -> dict:
     import onnxruntime as ort
 
-    cpu = platform.processor()
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform(),
+    return {"cpu": cpu_model(), "cores": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform(),
             "onnxruntime": ort.__version__, "opencv": cv2.__version__,
             "loadavg": [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None}
-
-
-def make_video(path: Path, n: int) -> None:
-    src = DemoSource("demo")
-    src.open()
-    vw = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 30.0, (640, 480))
-    for i in range(n):
-        vw.write(src.make(i))
-    vw.release()
 
 
 def pct(values, q):
@@ -84,7 +68,9 @@ def main() -> int:
                         provider=model.provider, outputs=model.outputs)
     with tempfile.TemporaryDirectory() as tmp:
         video = Path(tmp) / "bench_640x480.mp4"
-        make_video(video, a.frames)
+        demo = DemoSource("demo")
+        demo.open()
+        demo.write_video(video, a.frames)
         # warm up ORT (first runs allocate)
         probe = DemoSource("demo")
         probe.open()

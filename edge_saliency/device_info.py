@@ -129,6 +129,12 @@ def thermal_zones(root: str | os.PathLike = "/sys/class/thermal") -> dict[str, f
 
 
 # ------------------------------------------------------------------ the real machine
+def cpu_model(root: str | os.PathLike = "/") -> str:
+    """The CPU's name from /proc/cpuinfo (model name, or the board's hardware line on ARM)."""
+    model = parse_cpuinfo(read_text(Path(root) / "proc/cpuinfo") or "")["model"]
+    return model or platform.processor() or platform.machine()
+
+
 def collect(root: str = "/", run=run_command) -> dict:
     """Everything above for this machine (root and run are for tests)."""
     r = Path(root)
@@ -137,7 +143,7 @@ def collect(root: str = "/", run=run_command) -> dict:
     if board["kind"] is None and (r / "etc/nv_tegra_release").exists():
         board["kind"] = "jetson"
     info = {
-        "cpu": cpu.get("model") or platform.processor() or platform.machine(),
+        "cpu": cpu_model(root),
         "machine": platform.machine(), "system": f"{platform.system()} {platform.release()}",
         "python": platform.python_version(), "logical_cores": cpu.get("logical_cores") or os.cpu_count(),
         "usable_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),

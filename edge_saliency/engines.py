@@ -138,16 +138,9 @@ def create(name: str, path: str, provider: str | None = "auto", threads: int | N
 
 # ---------------------------------------------------------------- auto: probe once, cache
 def _machine_key() -> str:
-    cpu = platform.processor() or ""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
-            for line in f:
-                if line.lower().startswith(("model name", "hardware", "model")):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    return f"{platform.machine()}|{cpu}|{os.cpu_count()}"
+    from edge_saliency.device_info import cpu_model
+
+    return f"{platform.machine()}|{cpu_model()}|{os.cpu_count()}"
 
 
 def _model_key(path: str) -> str:
