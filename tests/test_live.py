@@ -36,10 +36,7 @@ def cli(args, tmp_path, env_extra=None, timeout=120):
 def demo_video(path, n=24):
     src = DemoSource("demo")
     src.open()
-    vw = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 30.0, (640, 480))
-    for i in range(n):
-        vw.write(src.make(i))
-    vw.release()
+    src.write_video(path, n)
     return src
 
 
