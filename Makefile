@@ -10,6 +10,10 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e ".[export,demo,test]"
+	# timm's and torchvision's model code for the architecture tests (random weights, nothing is
+	# downloaded). --no-deps: their own requirements would replace the pinned CPU torch with a
+	# multi-GB CUDA build; export/thirdparty.py makes torchvision's models load without its ops.
+	$(BIN)/python -m pip install -q --no-deps timm==1.0.31 torchvision==0.28.0
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -2,4 +2,4 @@
 
 Never imports torch: the export side lives in the separate ``export`` package.
 """
-__version__ = "0.1.0"
+__version__ = "0.2.0"

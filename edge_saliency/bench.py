@@ -113,7 +113,7 @@ def variant_file(src: Path, precision: str, plain: bool, cache: Path, log) -> Pa
         base = cache / f"{tag}.{precision}.onnx"
         if not base.is_file():
             try:
-                from export.quantize import convert
+                from edge_saliency.graph.quantize import convert
             except ImportError as exc:
                 raise RuntimeError(f"making {precision} needs the onnx package ({exc.name} missing)") from exc
             log(f"making the {precision} variant of {src.name} in {cache}")
@@ -385,7 +385,8 @@ def plan(args, available: list[str], can_make: bool) -> tuple[list[Variant], lis
 def cmd_bench(args) -> int:
     import onnxruntime as ort
 
-    from edge_saliency.model import cache_dir, ensure_default_model
+    from edge_saliency.cli import ensure_default_model
+    from edge_saliency.model import cache_dir
 
     if args.runs < 10:
         raise UserError("--runs must be at least 10")

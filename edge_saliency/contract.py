@@ -1,4 +1,4 @@
-"""The ONNX contract between the export (torch) and the device runtime (no torch).
+"""The ONNX contract between the graph builder and the device runtime.
 
 One file per model. Input ``image``: uint8 [N, H, W, 3] BGR, already resized. Outputs by name
 below; metadata in ``metadata_props`` as JSON values under keys prefixed ``edge_saliency.``.
@@ -6,6 +6,8 @@ below; metadata in ``metadata_props`` as JSON values under keys prefixed ``edge_
 from __future__ import annotations
 
 import json
+
+from edge_saliency import methods as _methods
 
 INPUT = "image"
 CLASS_INPUT = "class_index"  # optional [N] int64; a negative value means "top-1"
@@ -18,18 +20,17 @@ RECIPRO = "recipro_cam"
 GUIDED = "guided_cam"  # guidance-rectified gradient CAM (Fahim et al.)
 GRADCAM = "grad_cam"
 GRADCAMPP = "grad_cam_pp"
-OUTPUTS = (LOGITS, TARGET, SMOE, SMOE_SCALES, RECIPRO, GUIDED, GRADCAM, GRADCAMPP)
 
-METHODS = ("smoe", "recipro", "guided", "gradcam", "gradcampp")
-DEFAULT_METHODS = ("smoe", "recipro")
-METHOD_OUTPUTS = {"smoe": (SMOE, SMOE_SCALES), "recipro": (RECIPRO,), "guided": (GUIDED,),
-                  "gradcam": (GRADCAM,), "gradcampp": (GRADCAMPP,)}
+# The methods and their outputs come from the one method table (edge_saliency.methods).
+METHODS = _methods.NAMES
+DEFAULT_METHODS = _methods.DEFAULT
+METHOD_OUTPUTS = {m.name: m.outputs for m in _methods.TABLE}
 # the [N, 1, h, w] map a method is read from (smoe_scales is for LOVI)
-METHOD_MAP = {"smoe": SMOE, "recipro": RECIPRO, "guided": GUIDED, "gradcam": GRADCAM, "gradcampp": GRADCAMPP}
+METHOD_MAP = {m.name: m.map_output for m in _methods.TABLE}
+OUTPUTS = (LOGITS, TARGET) + tuple(o for m in _methods.TABLE for o in m.outputs)
 
 PREFIX = "edge_saliency."
 CONTRACT_VERSION = 1
-KEYS = ("version", "arch", "labels", "input", "scales", "methods", "smoe", "recipro", "gradient_cams", "export")
 
 
 def encode_metadata(meta: dict) -> dict[str, str]:

@@ -358,7 +358,8 @@ def _check_args(args) -> None:
 
 
 def cmd_run(args) -> int:
-    from edge_saliency.model import SaliencyModel, ensure_default_model
+    from edge_saliency.cli import ensure_default_model
+    from edge_saliency.model import SaliencyModel
     from edge_saliency.sources import open_source
 
     _check_args(args)

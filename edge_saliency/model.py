@@ -220,22 +220,3 @@ def cache_dir() -> Path:
 
 def default_model_path() -> Path:
     return cache_dir() / f"{DEFAULT_ARCH}.onnx"
-
-
-def ensure_default_model(log_fn=print) -> Path:
-    """The default pretrained model, exported on first use where torch is installed."""
-    path = default_model_path()
-    if path.is_file():
-        return path
-    try:
-        from export.build import ExportOptions, export_from_options
-    except ImportError as exc:
-        raise UserError(
-            f"no default model at {path} and no torch here to export it: run `edge-saliency export "
-            f"--out {path}` on a machine with pip install 'edge-saliency[export]', copy it here, "
-            "or pass --model"
-        ) from exc
-    path.parent.mkdir(parents=True, exist_ok=True)
-    log_fn(f"first run: exporting the default model to {path}")
-    export_from_options(ExportOptions(out=str(path)), log=log_fn)
-    return path

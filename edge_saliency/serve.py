@@ -44,7 +44,8 @@ class Daemon:
         self.notifier = notifier if notifier is not None else Notifier.from_env()
         self.metrics = DaemonMetrics()
         if model is None:
-            from edge_saliency.model import SaliencyModel, ensure_default_model
+            from edge_saliency.cli import ensure_default_model
+            from edge_saliency.model import SaliencyModel
 
             path = cfg.model or str(ensure_default_model(log_fn=log.info))
             model = SaliencyModel(path, provider=cfg.provider, threads=cfg.threads, engine=cfg.engine)

@@ -1,68 +1,45 @@
-"""`edge-saliency export`: from CLI options to a checked ONNX file.
+"""`edge-saliency export` from torch: the front end of the graph builder.
+
+    torch module (+ weights) -> plain ONNX export (dynamic batch, module names kept in node names)
+        -> logits checked against torch on real photographs -> edge_saliency.graph.builder
 
 Where the model comes from: a built-in arch (pretrained, offline) or ``--module pkg.mod:build``
-(any callable returning an nn.Module) with ``--weights`` (a state dict).
+(any callable returning an nn.Module) with ``--weights`` (a state dict). Everything after the
+plain export (discovery, preprocessing, the saliency heads, metadata, checks, precision) is the
+builder's, the same as for ``export --onnx``. Only what needs torch lives here.
 """
 from __future__ import annotations
 
 import importlib
+import io
 import sys
-from dataclasses import dataclass, field
+import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+import onnx
 import torch
 from torch import nn
 
-from edge_saliency import contract
 from edge_saliency.errors import UserError
-from edge_saliency.labels import imagenet_labels, read_labels
+from edge_saliency.graph import builder
+from edge_saliency.graph.builder import BuildSpec
+from edge_saliency.graph.model_file import check_writable
 from export import zoo
-from export.discovery import discover
-from export.methods import recipro_cam, normalise
-from export.model_file import check_writable
-from export.onnx_export import export_onnx
-from export.saliency_module import SaliencyConfig
 
-IMAGENET_MEAN = (123.675, 116.28, 103.53)
-IMAGENET_STD = (58.395, 57.12, 57.375)
+OPSET = 17
+PLAIN_INPUT = "input"
+LOGIT_TOLERANCE = 1e-4  # ORT vs torch, relative to the largest logit (at least 1)
 
 
 @dataclass
-class ExportOptions:
+class ExportOptions(BuildSpec):
     arch: str = "efficientnet_lite0"
     module: str | None = None
     weights: str | None = None
     pretrained: bool = True
     out: str | None = None
-    input_size: tuple[int, int] | None = None
-    methods: tuple[str, ...] = contract.DEFAULT_METHODS
-    labels: str | None = None
-    mean: tuple[float, float, float] | None = None
-    std: tuple[float, float, float] | None = None
-    scale_layers: list[str] | None = None
-    feature_layer: str | None = None
-    smoe_weights: list[float] | None = None
-    normaliser: str = "gaussian"
-    smoe_eps: float = 1e-3  # see SaliencyConfig.smoe_eps
-    recipro_score: str = "logit"
-    recipro_variant: str = "onehot"
-    map_fraction: int = 4
-    class_input: bool = False
-    precision: str = "fp32"  # fp32 | fp16 | int8 (export.quantize, after the fp32 checks)
-    calibration: str | None = None  # folder of images for int8 calibration
-    extra: dict = field(default_factory=dict)
-
-
-def parse_methods(text: str) -> tuple[str, ...]:
-    items = [m.strip().lower() for m in text.split(",") if m.strip()]
-    if items in (["none"], []):
-        return ()
-    if items == ["all"]:
-        return contract.METHODS
-    bad = [m for m in items if m not in contract.METHODS]
-    if bad:
-        raise UserError(f"unknown method {bad[0]!r} for --methods; choose from: {', '.join(contract.METHODS)}, all, none")
-    return tuple(m for m in contract.METHODS if m in items)
 
 
 def _load_module(spec: str) -> nn.Module:
@@ -70,15 +47,19 @@ def _load_module(spec: str) -> nn.Module:
     if not mod_name or not attr:
         raise UserError(f"--module wants 'package.module:callable', got {spec!r}")
     sys.path.insert(0, str(Path.cwd()))
+    if mod_name.split(".")[0] in ("torchvision", "timm"):
+        from export.thirdparty import import_torchvision
+
+        import_torchvision()  # their model code, without torchvision's compiled ops
     try:
         mod = importlib.import_module(mod_name)
     except Exception as exc:
         raise UserError(f"cannot import {mod_name!r} for --module: {type(exc).__name__}: {exc}") from exc
-    builder = getattr(mod, attr, None)
-    if builder is None:
+    make = getattr(mod, attr, None)
+    if make is None:
         raise UserError(f"module {mod_name!r} has no attribute {attr!r}")
     try:
-        model = builder() if not isinstance(builder, nn.Module) else builder
+        model = make() if not isinstance(make, nn.Module) else make
     except Exception as exc:
         raise UserError(f"{spec}() failed: {type(exc).__name__}: {exc}") from exc
     if not isinstance(model, nn.Module):
@@ -105,72 +86,105 @@ def load_weights(model: nn.Module, path: str) -> None:
         raise UserError(f"weights {path} do not fit the model: {first[0][:200]}") from exc
 
 
+def _first_tensor(out):
+    if isinstance(out, torch.Tensor):
+        return out
+    if isinstance(out, (tuple, list)) and out and isinstance(out[0], torch.Tensor):
+        return out[0]
+    if isinstance(out, dict) and out:
+        return _first_tensor(next(iter(out.values())))
+    raise UserError(f"the model returns {type(out).__name__}, not a tensor of class scores")
+
+
+class _Scores(nn.Module):
+    """The user's model with its first output as the only one (aux outputs, dicts)."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        return _first_tensor(self.model(x))
+
+
+def export_plain(model: nn.Module, input_size: tuple[int, int]) -> onnx.ModelProto:
+    """The classifier as ONNX as torch exports it: float NCHW ``input`` -> ``logits``, batch dynamic."""
+    h, w = input_size
+    x = torch.randn(1, 3, h, w, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        raw = model(x)
+    out = _first_tensor(raw)
+    if out.ndim != 2 or out.shape[0] != 1 or out.shape[1] < 2:
+        raise UserError(f"not a CNN classifier: the model outputs {list(out.shape)}, not class scores [N, K]")
+    wrapped = model if isinstance(raw, torch.Tensor) else _Scores(model)
+    buf = io.BytesIO()
+    try:
+        with torch.no_grad(), warnings.catch_warnings():
+            # shape-dependent Python in user models is expected: the export is for one input size
+            warnings.simplefilter("ignore")
+            torch.onnx.export(wrapped, (x,), buf, dynamo=False, opset_version=OPSET, input_names=[PLAIN_INPUT],
+                              output_names=["logits"], dynamic_axes={PLAIN_INPUT: {0: "batch"}, "logits": {0: "batch"}},
+                              do_constant_folding=True)
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"torch cannot export the model to ONNX: {type(exc).__name__}: {first[:300]}") from exc
+    return onnx.load_from_string(buf.getvalue())
+
+
+def check_logits(plain: onnx.ModelProto, model: nn.Module, images: np.ndarray, mean, std) -> float:
+    """ORT vs torch logits on ``images`` (uint8 BGR NHWC), at batch 1 and the full batch; returns
+    the largest difference relative to the largest logit."""
+    x = builder.preprocess(images, mean, std, "rgb", "nchw")
+    sess = builder.session(plain)
+    worst = 0.0
+    for batch in (x[:1], x):
+        got = sess.run(None, {PLAIN_INPUT: batch})[0]
+        with torch.no_grad():
+            want = _first_tensor(model(torch.from_numpy(batch))).numpy()
+        scale = max(1.0, float(np.abs(want).max()))
+        diff = float(np.abs(got.astype(np.float64) - want).max()) / scale
+        if not diff <= LOGIT_TOLERANCE:
+            raise builder.BuildCheckError(f"export check failed: ONNX Runtime's logits differ from torch's by "
+                                          f"{diff:.1e} of their scale (bound {LOGIT_TOLERANCE:.0e})")
+        worst = max(worst, diff)
+    return worst
+
+
 def export_from_options(opts: ExportOptions, log=print) -> dict:
     out = Path(opts.out or f"{opts.arch if not opts.module else opts.module.split(':')[-1]}.onnx")
+    opts.validate()
     check_writable(out)  # fail before minutes of work
-    if opts.precision not in ("fp32", "fp16", "int8"):
-        raise UserError(f"unknown precision {opts.precision!r}; choose from: fp32, fp16, int8")
-    if opts.calibration and opts.precision != "int8":
-        raise UserError("--calibration is for --precision int8")
-    if opts.calibration and not Path(opts.calibration).is_dir():
-        raise UserError(f"--calibration {opts.calibration}: not a directory")
-    if opts.normaliser not in normalise.NORMALISERS:
-        raise UserError(f"unknown normaliser {opts.normaliser!r}; choose from: {', '.join(normalise.NORMALISERS)}")
-    if opts.recipro_score not in recipro_cam.SCORES:
-        raise UserError(f"unknown Recipro-CAM score {opts.recipro_score!r}; choose from: {', '.join(recipro_cam.SCORES)}")
-    if opts.recipro_variant not in recipro_cam.VARIANTS:
-        raise UserError(f"unknown Recipro-CAM variant {opts.recipro_variant!r}; choose from: {', '.join(recipro_cam.VARIANTS)}")
-    scale_layers, feature_layer = opts.scale_layers, opts.feature_layer
     if opts.module:
         model = _load_module(opts.module)
-        if opts.weights:
-            load_weights(model, opts.weights)
         arch = opts.module
         size = opts.input_size or (224, 224)
-        mean, std = opts.mean or IMAGENET_MEAN, opts.std or IMAGENET_STD
+        mean, std = opts.mean or builder.IMAGENET_MEAN, opts.std or builder.IMAGENET_STD
     else:
         entry = zoo.get(opts.arch)
         size = opts.input_size or (entry.input_size, entry.input_size)
         model = entry.build(opts.pretrained and not opts.weights, size)
-        if opts.weights:
-            load_weights(model, opts.weights)
         arch = opts.arch
         mean, std = opts.mean or entry.mean, opts.std or entry.std
-        if scale_layers is None and entry.scale_layers:
-            scale_layers = list(entry.scale_layers)
-        feature_layer = feature_layer or entry.feature_layer
-    model.eval()
-    log(f"discovering scale ends of {arch} at {size[0]}x{size[1]}")
-    structure = discover(model, size, scale_layers, feature_layer)
-    for note in structure.notes:
-        log(f"note: {note}")
-    for e in structure.scale_ends:
-        log(f"  scale end {e.name:<24} {e.channels:>5} ch  {e.size[0]}x{e.size[1]}")
-    log(f"  head: {structure.head.kind} after {structure.head.feature.name}")
-    if opts.labels:
-        labels = read_labels(opts.labels)
-    elif structure.num_classes == 1000:
-        labels = imagenet_labels()
-    else:
-        labels = [f"class_{i}" for i in range(structure.num_classes)]
-    if opts.smoe_weights is not None and len(opts.smoe_weights) != len(structure.scale_ends):
-        raise UserError(f"--smoe-weights has {len(opts.smoe_weights)} values for {len(structure.scale_ends)} scale ends")
-    if opts.smoe_weights is not None and (min(opts.smoe_weights) < 0 or sum(opts.smoe_weights) <= 0):
-        raise UserError("--smoe-weights must be non-negative with a positive sum")
-    if opts.map_fraction < 1:
-        raise UserError("--map-fraction must be at least 1")
-    config = SaliencyConfig(
-        methods=opts.methods,
-        map_size=(max(1, size[0] // opts.map_fraction), max(1, size[1] // opts.map_fraction)),
-        smoe_weights=tuple(opts.smoe_weights) if opts.smoe_weights else None,
-        normaliser=opts.normaliser, smoe_eps=opts.smoe_eps, recipro_score=opts.recipro_score,
-        recipro_variant=opts.recipro_variant, class_input=opts.class_input,
-    )
-    report = export_onnx(model, structure, out, arch=arch, labels=labels, input_size=size,
-                         mean=mean, std=std, config=config, log=log)
-    if opts.precision != "fp32":
-        from export.quantize import convert
+    if opts.weights:
+        load_weights(model, opts.weights)
+    spec = BuildSpec(**{**opts.spec_fields(), "mean": tuple(mean), "std": tuple(std), "input_size": tuple(size)})
+    return export_module(model, spec, out, arch, log)
 
-        q = convert(out, out, opts.precision, opts.calibration, log=log)
-        report.update(size_mb=q["size_mb"], precision=q["info"])
+
+def export_module(model: nn.Module, spec: BuildSpec, out: Path, arch: str, log=print) -> dict:
+    """Any torch classifier -> a checked edge-saliency ONNX file at ``out``. ``spec.input_size``
+    (default 224) and ``spec.mean``/``spec.std`` (default ImageNet's) describe the model's input."""
+    size = tuple(spec.input_size or (224, 224))
+    mean, std = spec.mean or builder.IMAGENET_MEAN, spec.std or builder.IMAGENET_STD
+    if spec.color != "rgb" or spec.layout not in (None, "nchw"):
+        raise UserError("a torch export takes NCHW RGB input (--color and --layout are for --onnx)")
+    model.eval()
+    log(f"exporting {arch} at {size[0]}x{size[1]} to ONNX (torch {torch.__version__}, opset {OPSET})")
+    plain = export_plain(model, size)
+    parity = check_logits(plain, model, builder.check_images(size), mean, std)
+    spec = BuildSpec(**{**spec.spec_fields(), "mean": tuple(mean), "std": tuple(std), "layout": "nchw",
+                        "input_size": None})
+    report = builder.build_file(plain, spec, Path(out), arch, source="torch", log=log,
+                                extra_export={"torch": torch.__version__, "logits_vs_torch": parity})
+    report["logits_vs_torch"] = parity
     return report

@@ -1,5 +1,5 @@
-"""Built-in architectures: a constructor with pretrained weights, preprocessing and, where the
-design names them, the scale ends (otherwise discovery finds them)."""
+"""Built-in architectures: a constructor with pretrained weights and its preprocessing (the
+graph builder's discovery finds the scale ends and the head)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -14,8 +14,6 @@ class ZooEntry:
     input_size: int
     mean: tuple[float, float, float]  # on 0-255 RGB
     std: tuple[float, float, float]
-    scale_layers: tuple[str, ...] | None = None
-    feature_layer: str | None = None
 
 
 def _lite0(pretrained: bool, input_size: tuple[int, int]) -> nn.Module:
@@ -28,14 +26,7 @@ def _zoo() -> dict[str, ZooEntry]:
     from export import efficientnet_lite as lite
 
     return {
-        # DESIGN.md: the first block at 112, the last block at 56, 28 and 14, the head conv at 7.
-        # (Discovery alone would pick the expansion activation of the next, downsampling block,
-        # which at 112 has 3x the channels and costs more than the rest together.)
-        "efficientnet_lite0": ZooEntry(
-            _lite0, lite.INPUT_SIZE, lite.MEAN, lite.STD,
-            scale_layers=("_blocks.0._act1", "_blocks.2._act1", "_blocks.4._act1",
-                          "_blocks.10._act1", "_act_head"),
-        ),
+        "efficientnet_lite0": ZooEntry(_lite0, lite.INPUT_SIZE, lite.MEAN, lite.STD),
     }
 
 

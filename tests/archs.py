@@ -1,5 +1,7 @@
-"""Small ResNet-, VGG- and MobileNetV2-shaped networks (random weights; torchvision is not
-installable here). Same module structure and naming as torchvision's, scaled down."""
+"""Test networks: small ResNet-, VGG- and MobileNetV2-shaped torch modules (random weights, the
+module structure and naming of torchvision's, scaled down), their plain ONNX exports, and ONNX
+classifiers written with onnx.helper in unusual but legal shapes. The real timm and torchvision
+architectures are in ``real_archs.py``."""
 from __future__ import annotations
 
 import torch
@@ -140,3 +142,109 @@ def confident(model: nn.Module, gain: float = 30.0) -> nn.Module:
     with torch.no_grad():
         last.weight.mul_(gain)
     return model.eval()
+
+
+# ---------------------------------------------------------------- plain ONNX exports and onnx.helper models
+def plain_export(model: nn.Module, size, path) -> "Path":
+    """The network as torch exports it plainly (dynamic batch): what a user hands to --onnx."""
+    import onnx
+
+    from export.build import export_plain
+
+    onnx.save(export_plain(model.eval(), tuple(size)), str(path))
+    return path
+
+
+def _weights(seed, *shapes):
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    return [(rng.standard_normal(s) / np.sqrt(np.prod(s[1:]))).astype(np.float32) for s in shapes]
+
+
+def helper_model(graph, opset: int):
+    from onnx import helper
+
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=8)
+
+
+def helper_nhwc_flatten_matmul(path):
+    """Input named 'image' (our own input's name), float NHWC [n, 32, 32, 3]; Transpose, conv-relu,
+    maxpool, conv s2-relu, a Flatten + MatMul + Add head, opset 17."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    w1, b1, w2, b2, wm, bm = _weights(3, (8, 3, 3, 3), (8,), (16, 8, 3, 3), (16,), (16 * 8 * 8, 10), (10,))
+    nodes = [
+        helper.make_node("Transpose", ["image"], ["x"], perm=[0, 3, 1, 2]),
+        helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], pads=[1, 1, 1, 1], name="conv1"),
+        helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
+        helper.make_node("MaxPool", ["r1"], ["p1"], kernel_shape=[2, 2], strides=[2, 2], name="pool1"),
+        helper.make_node("Conv", ["p1", "w2", "b2"], ["c2"], pads=[1, 1, 1, 1], strides=[2, 2], name="conv2"),
+        helper.make_node("Relu", ["c2"], ["r2"], name="relu2"),
+        helper.make_node("Flatten", ["r2"], ["f"], axis=1, name="flatten"),
+        helper.make_node("MatMul", ["f", "wm"], ["mm"], name="matmul"),
+        helper.make_node("Add", ["mm", "bm"], ["scores"], name="bias"),
+    ]
+    inits = [numpy_helper.from_array(a, n) for a, n in zip((w1, b1, w2, b2, wm * 8, bm), ("w1", "b1", "w2", "b2", "wm", "bm"))]
+    graph = helper.make_graph(nodes, "nhwc_flatten_matmul",
+                              [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["n", 32, 32, 3])],
+                              [helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["n", 10])], inits)
+    onnx.save(helper_model(graph, 17), str(path))
+    return path
+
+
+def helper_batch1_reshape_gemm_softmax(path):
+    """Fixed batch 1, opset 13; conv-relu, conv s2-Clip(0, 6), conv-relu, Reshape to the constant
+    [1, -1], Gemm(transB) - Relu - Gemm, a Softmax output."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    w1, w2, w3, g1, gb1, g2, gb2 = _weights(4, (8, 3, 3, 3), (12, 8, 3, 3), (12, 12, 3, 3), (20, 12 * 8 * 8), (20,),
+                                            (6, 20), (6,))
+    nodes = [
+        helper.make_node("Conv", ["input", "w1"], ["c1"], pads=[1, 1, 1, 1], strides=[2, 2], name="conv1"),
+        helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
+        helper.make_node("Conv", ["r1", "w2"], ["c2"], pads=[1, 1, 1, 1], strides=[2, 2], name="conv2"),
+        helper.make_node("Clip", ["c2", "zero", "six"], ["r2"], name="relu6"),
+        helper.make_node("Conv", ["r2", "w3"], ["c3"], pads=[1, 1, 1, 1], name="conv3"),
+        helper.make_node("Relu", ["c3"], ["r3"], name="relu3"),
+        helper.make_node("Constant", [], ["shape"], value=numpy_helper.from_array(np.array([1, -1], np.int64))),
+        helper.make_node("Reshape", ["r3", "shape"], ["flat"], name="reshape"),
+        helper.make_node("Gemm", ["flat", "g1", "gb1"], ["h1"], transB=1, name="fc1"),
+        helper.make_node("Relu", ["h1"], ["h1r"], name="fc1_relu"),
+        helper.make_node("Gemm", ["h1r", "g2", "gb2"], ["logits_raw"], transB=1, name="fc2"),
+        helper.make_node("Softmax", ["logits_raw"], ["prob"], axis=1, name="softmax"),
+    ]
+    inits = [numpy_helper.from_array(a, n) for a, n in zip((w1, w2, w3, g1, gb1, g2 * 10, gb2),
+                                                           ("w1", "w2", "w3", "g1", "gb1", "g2", "gb2"))]
+    inits += [numpy_helper.from_array(np.float32(6.0), "six"), numpy_helper.from_array(np.float32(0.0), "zero")]
+    graph = helper.make_graph(nodes, "batch1_reshape_gemm",
+                              [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, 32, 32])],
+                              [helper.make_tensor_value_info("prob", TensorProto.FLOAT, [1, 6])], inits)
+    onnx.save(helper_model(graph, 13), str(path))
+    return path
+
+
+def helper_gap_gemm_opset11(path):
+    """Opset 11 (the builder converts it), non-square 48x40 input, LeakyRelu (negative values),
+    ReduceMean pooling with axes as an attribute, Gemm with transB=0 and alpha/beta != 1."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    w1, w2, g, gb = _weights(5, (8, 3, 3, 3), (16, 8, 3, 3), (16, 7), (7,))
+    nodes = [
+        helper.make_node("Conv", ["x", "w1"], ["c1"], pads=[1, 1, 1, 1], strides=[2, 2], name="conv1"),
+        helper.make_node("LeakyRelu", ["c1"], ["r1"], alpha=0.1, name="lrelu1"),
+        helper.make_node("Conv", ["r1", "w2"], ["c2"], pads=[1, 1, 1, 1], strides=[2, 2], name="conv2"),
+        helper.make_node("Relu", ["c2"], ["r2"], name="relu2"),
+        helper.make_node("ReduceMean", ["r2"], ["pooled"], axes=[2, 3], keepdims=0, name="gap"),
+        helper.make_node("Gemm", ["pooled", "g", "gb"], ["y"], alpha=2.0, beta=0.5, name="fc"),
+    ]
+    inits = [numpy_helper.from_array(a, n) for a, n in zip((w1, w2, g * 4, gb), ("w1", "w2", "g", "gb"))]
+    graph = helper.make_graph(nodes, "gap_gemm_opset11",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 3, 48, 40])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 7])], inits)
+    onnx.save(helper_model(graph, 11), str(path))
+    return path

@@ -33,3 +33,13 @@ def lite0_model(lite0_onnx):
     from edge_saliency.model import SaliencyModel
 
     return SaliencyModel(lite0_onnx, provider="cpu", threads=1)
+
+
+@pytest.fixture(scope="session")
+def lite0_plain(tmp_path_factory):
+    """The pretrained EfficientNet-Lite0 as torch exports it plainly (dynamic batch): no saliency."""
+    import archs
+    from export import zoo
+
+    model = zoo.get("efficientnet_lite0").build(True, (224, 224))
+    return archs.plain_export(model, (224, 224), tmp_path_factory.mktemp("models") / "lite0_plain.onnx")

@@ -1,103 +1,168 @@
-"""Scale-end discovery and the backbone/head split on four architecture shapes."""
+"""Discovery on ONNX graphs (edge_saliency.graph.discovery): scale ends at block outputs, the
+head split, overrides by torch module / node / tensor name, and the errors a user can cause."""
 from __future__ import annotations
 
+import numpy as np
+import onnx
 import pytest
 import torch
+from onnx import TensorProto, helper, numpy_helper
 
 import archs
 from edge_saliency.errors import UserError
-from export.discovery import discover
-from export.efficientnet_lite import efficientnet_lite0
+from edge_saliency.graph import discovery, passes
 
 
-def summary(structure):
-    return [(e.name, e.size) for e in structure.scale_ends]
+def _analyse(path, **kw):
+    model = onnx.load(str(path))
+    passes.optimise(model)
+    return model, discovery.analyse(model, **kw)
 
 
-def test_efficientnet_lite0_discovery():
-    s = discover(efficientnet_lite0(pretrained=False), (224, 224))
-    # the stem's activation at 112 (a top-level module); inside the blocks (whose outputs are
-    # linear) the last activation at each resolution: the expansion ReLU6 of the block that
-    # downsamples next; the head conv's activation at 7x7
-    assert summary(s) == [
-        ("_act_stem", (112, 112)), ("_blocks.3._act0", (56, 56)), ("_blocks.5._act0", (28, 28)),
-        ("_blocks.11._act0", (14, 14)), ("_act_head", (7, 7)),
-    ]
-    assert s.head.kind == "gap_linear" and s.head.linear_name == "_fc"
-    assert s.head.feature.name == "_act_head" and s.head.feature.channels == 1280
-    assert s.num_classes == 1000
+def test_efficientnet_lite0_scale_ends_are_block_outputs(lite0_plain):
+    """DESIGN: the first block's output at 112, the last block's output at 56, 28 and 14 (linear
+    bottlenecks, clamped), the head conv at 7; not the wide expansion activations of the next
+    block. The head is found through the dynamic-batch x.view(x.size(0), -1)."""
+    _, an = _analyse(lite0_plain)
+    assert [e.node for e in an.scale_ends] == ["/_blocks.0/_project_conv/Conv", "/_blocks.2/Add", "/_blocks.4/Add",
+                                               "/_blocks.10/Add", "/_act_head/Clip"]
+    assert [e.channels for e in an.scale_ends] == [16, 24, 40, 112, 1280]
+    assert [e.size for e in an.scale_ends] == [(112, 112), (56, 56), (28, 28), (14, 14), (7, 7)]
+    assert [e.nonnegative for e in an.scale_ends] == [False, False, False, False, True]
+    assert an.head.kind == "gap_linear" and an.head.feature.node == "/_act_head/Clip"
+    assert an.input.batch == "batch" and an.num_classes == 1000
 
 
-def test_resnet_shape_prefers_stage_names():
-    s = discover(archs.randomise_bn(archs.TinyResNet()), (64, 64))
-    # container outputs are the same tensor as their last ReLU: the outermost name wins
-    assert summary(s) == [("relu", (32, 32)), ("layer1", (16, 16)), ("layer2", (8, 8)),
-                          ("layer3", (4, 4)), ("layer4", (2, 2))]
-    assert s.head.kind == "gap_linear" and s.head.linear_name == "fc"
+def test_resnet_scale_ends_are_the_stem_and_the_stages(tmp_path):
+    """For a ResNet the rule gives the paper's choice: relu, layer1 .. layer4 (by module name)."""
+    path = archs.plain_export(archs.randomise_bn(archs.TinyResNet()), (64, 64), tmp_path / "r.onnx")
+    model, an = _analyse(path)
+    by_module = [discovery._resolve(model.graph, m, "test")[0] for m in ("relu", "layer1", "layer2", "layer3", "layer4")]
+    assert [e.tensor for e in an.scale_ends] == by_module
+    assert all(e.nonnegative for e in an.scale_ends)
+    assert an.head.kind == "gap_linear"
 
 
-def test_vgg_shape_uses_masked_batch_head():
-    s = discover(archs.TinyVGG().eval(), (64, 64))
-    assert [e.size for e in s.scale_ends] == [(64, 64), (32, 32), (16, 16), (8, 8), (4, 4), (2, 2)]
-    assert s.scale_ends[-1].name == "avgpool"
-    assert s.head.kind == "masked_batch"
+def test_inverted_residuals_skip_the_next_blocks_expansion(tmp_path):
+    path = archs.plain_export(archs.randomise_bn(archs.TinyMobileNetV2()), (64, 64), tmp_path / "m.onnx")
+    _, an = _analyse(path)
+    # stem 8@32, block outputs 8@32 -> 12@16 -> 16@8 -> 24@4 (linear: clamped), head conv 64@4 last
+    assert [(e.channels, e.size[0]) for e in an.scale_ends] == [(8, 32), (12, 16), (16, 8), (64, 4)]
+    assert [e.nonnegative for e in an.scale_ends] == [False, False, False, True]
+    assert an.head.kind == "gap_linear"
 
 
-def test_mobilenetv2_shape():
-    s = discover(archs.randomise_bn(archs.TinyMobileNetV2()), (64, 64))
-    # stem; then (block outputs are linear) the expansion ReLU6 of each downsampling block;
-    # at 4x4 the whole `features` Sequential, whose output is the last conv stage's
-    assert summary(s) == [("features.0", (32, 32)), ("features.4.conv.2", (16, 16)),
-                          ("features.5.conv.2", (8, 8)), ("features", (4, 4))]
-    assert s.head.kind == "gap_linear" and s.head.linear_name == "classifier.1"
+def test_mlp_head_is_cloned(tmp_path):
+    path = archs.plain_export(archs.TinyVGG(), (64, 64), tmp_path / "v.onnx")
+    _, an = _analyse(path)
+    assert an.head.kind == "masked_batch" and [e.size[0] for e in an.scale_ends] == [64, 32, 16, 8, 4, 2]  # AdaptiveAvgPool2d(2) last
 
 
-def test_override_scale_layers_and_feature_layer():
-    model = archs.randomise_bn(archs.TinyResNet())
-    s = discover(model, (64, 64), scale_layers=["layer2", "layer4"], feature_layer="layer3")
-    assert summary(s) == [("layer2", (8, 8)), ("layer4", (2, 2))]
-    assert s.head.feature.name == "layer3"
-    assert s.head.kind == "masked_batch"  # layer4 sits between layer3 and the GAP
+def test_overrides_by_module_node_and_tensor_name(tmp_path):
+    path = archs.plain_export(archs.randomise_bn(archs.TinyResNet()), (64, 64), tmp_path / "r.onnx")
+    model, an = _analyse(path)
+    layer2 = an.scale_ends[2]
+    _, over = _analyse(path, scale_nodes=["layer2", layer2.node, layer2.tensor], target_node="layer3")
+    assert [e.tensor for e in over.scale_ends] == [layer2.tensor] * 3
+    assert over.head.feature.tensor == an.scale_ends[3].tensor and over.head.kind == "masked_batch"
 
 
-def test_override_with_linear_output_is_clamped():
-    model = efficientnet_lite0(pretrained=False)
-    s = discover(model, (224, 224), scale_layers=["_blocks.2", "_act_head"])
-    assert [e.nonnegative for e in s.scale_ends] == [False, True]
-    assert any("_blocks.2" in note for note in s.notes)
+def test_linear_override_is_clamped(tmp_path):
+    path = archs.plain_export(archs.randomise_bn(archs.TinyResNet()), (64, 64), tmp_path / "r.onnx")
+    model, _ = _analyse(path)
+    conv = next(n for n in model.graph.node if n.op_type == "Conv" and n.name.startswith("/layer2/"))
+    _, an = _analyse(path, scale_nodes=[conv.name])
+    assert an.scale_ends[0].nonnegative is False
 
 
-@pytest.mark.parametrize("model, message", [
-    (archs.NotACNN(), "not a CNN"),
-    (archs.FeatureExtractor(), "not a CNN classifier"),
-])
-def test_not_a_cnn_classifier(model, message):
-    with pytest.raises(UserError, match=message):
-        discover(model, (32, 32))
+def _graph(nodes, inits, shape=("n", 3, 16, 16), k=5, opset=17):
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(shape))],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", k])],
+                          [numpy_helper.from_array(v, n) for n, v in inits.items()])
+    return archs.helper_model(g, opset)
 
 
-def test_unknown_layer_name():
-    with pytest.raises(UserError, match="no layer named 'layer9'"):
-        discover(archs.TinyResNet().eval(), (64, 64), scale_layers=["layer9"])
+def _w(seed, *shape):
+    return np.random.default_rng(seed).standard_normal(shape).astype(np.float32) * 0.3
 
 
-def test_wrong_input_size_is_a_clear_error():
-    with pytest.raises(UserError, match="input-size"):
-        discover(archs.NotACNN(), (64, 64))
+def test_errors_name_the_cause_and_the_flag(tmp_path):
+    conv = helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1], name="conv")
+    relu = helper.make_node("Relu", ["c"], ["f"], name="relu")
+    gap = helper.make_node("GlobalAveragePool", ["f"], ["p"], name="gap")
+    flat = helper.make_node("Flatten", ["p"], ["fl"], name="flatten")
+    fc = helper.make_node("Gemm", ["fl", "g"], ["s"], transB=1, name="fc")
+    inits = {"w": _w(0, 4, 3, 3, 3), "g": _w(1, 5, 4)}
+    ok = _graph([conv, relu, gap, flat, fc, helper.make_node("Identity", ["s"], ["y"])], inits)
+    with pytest.raises(UserError, match="no node, tensor or module named 'nope' in the model \\(--scale-nodes\\)"):
+        discovery.analyse(ok, scale_nodes=["relu", "nope"])
+    with pytest.raises(UserError, match="node 'flatten' outputs \\[1, 4\\], not a 4-D float feature map.*--target-node"):
+        discovery.analyse(ok, target_node="flatten")
+    hard = _graph([conv, relu, gap, flat, fc, helper.make_node("Hardmax", ["s"], ["y"], name="hard")], inits)
+    with pytest.raises(UserError, match="head node 'hard' \\(Hardmax\\).*--target-node"):
+        discovery.analyse(hard)
+    dyn = _graph([conv, relu, gap, flat, fc, helper.make_node("Identity", ["s"], ["y"])], inits, shape=("n", 3, "h", "w"))
+    with pytest.raises(UserError, match="dynamic spatial size.*--input-size HxW"):
+        discovery.analyse(dyn)
+    assert discovery.analyse(dyn, input_size=(20, 24)).scale_ends[0].size == (20, 24)
+    with pytest.raises(UserError, match="differs from the model's fixed input size 16x16"):
+        discovery.analyse(ok, input_size=(32, 32))
 
 
-def test_head_with_skip_around_feature_is_refused():
-    class Skip(torch.nn.Module):
+def test_not_a_cnn(tmp_path):
+    mlp = _graph([helper.make_node("Flatten", ["x"], ["f"]), helper.make_node("Gemm", ["f", "g"], ["y"], transB=1)],
+                 {"g": _w(2, 5, 3 * 16 * 16)})
+    with pytest.raises(UserError, match="not a CNN: no layer outputs a 4-D feature map"):
+        discovery.analyse(mlp)
+    feats = helper.make_graph([helper.make_node("Conv", ["x", "w"], ["y"], pads=[1, 1, 1, 1])], "f",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 3, 16, 16])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 4, 16, 16])],
+                              [numpy_helper.from_array(_w(3, 4, 3, 3, 3), "w")])
+    with pytest.raises(UserError, match="not a CNN classifier: no output has class scores"):
+        discovery.analyse(archs.helper_model(feats, 17))
+    two = helper.make_graph([helper.make_node("Add", ["x", "z"], ["y"])], "two",
+                            [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 4, 4]),
+                             helper.make_tensor_value_info("z", TensorProto.FLOAT, [1, 3, 4, 4])],
+                            [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, 4, 4])])
+    with pytest.raises(UserError, match="has 2 inputs"):
+        discovery.analyse(archs.helper_model(two, 17))
+
+
+def test_a_skip_around_the_feature_map(tmp_path):
+    """A head that also reads an earlier map: the last tensor the whole image flows through is that
+    earlier one, so discovery takes it; forcing the later one names the skip."""
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c"], ["a"], name="early"),
+             helper.make_node("Conv", ["a", "w2"], ["c2"], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c2"], ["f"], name="late"),
+             helper.make_node("GlobalAveragePool", ["f"], ["pf"]),
+             helper.make_node("GlobalAveragePool", ["a"], ["pa"]),
+             helper.make_node("Add", ["pf", "pa"], ["s"], name="mix"),
+             helper.make_node("Flatten", ["s"], ["fl"]),
+             helper.make_node("Gemm", ["fl", "g"], ["y"], transB=1)]
+    model = _graph(nodes, {"w": _w(4, 4, 3, 3, 3), "w2": _w(5, 4, 4, 3, 3), "g": _w(6, 5, 4)})
+    an = discovery.analyse(model)
+    assert an.head.feature.node == "early" and an.head.kind == "masked_batch"
+    with pytest.raises(UserError, match="head node 'mix' reads 'pa'.*a skip around it.*--target-node"):
+        discovery.analyse(model, target_node="late")
+
+
+def test_cut_points_ignore_shape_arithmetic():
+    """x.view(x.size(0), -1): Shape -> Gather -> Unsqueeze -> Concat -> Reshape reads the batch
+    off the pooled tensor; it is not a second data path."""
+    class Net(torch.nn.Module):
         def __init__(self):
             super().__init__()
-            self.a = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, 2, 1), torch.nn.ReLU())
-            self.b = torch.nn.Sequential(torch.nn.Conv2d(4, 4, 3, 2, 1), torch.nn.ReLU())
-            self.fc = torch.nn.Linear(8, 3)
+            self.conv = torch.nn.Conv2d(3, 4, 3, 2, 1)
+            self.fc = torch.nn.Linear(4, 5)
 
         def forward(self, x):
-            a = self.a(x)
-            b = self.b(a)
-            return self.fc(torch.cat([a.mean((2, 3)), b.amax((2, 3))], 1))
+            x = torch.nn.functional.adaptive_avg_pool2d(torch.relu(self.conv(x)), 1)
+            return self.fc(x.view(x.size(0), -1))
 
-    with pytest.raises(UserError, match="cannot split the head after 'b'"):
-        discover(Skip().eval(), (32, 32))
+    from export.build import export_plain
+
+    model = export_plain(Net().eval(), (16, 16))
+    assert any(n.op_type == "Shape" for n in model.graph.node)
+    an = discovery.analyse(model)
+    assert an.head.kind == "gap_linear" and an.head.feature.node == "/Relu"

@@ -10,7 +10,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from export.graph_passes import fold_pads_into_conv, optimise
+from edge_saliency.graph.passes import fold_pads_into_conv, optimise
 
 
 def _run(model: onnx.ModelProto, feeds: dict) -> list[np.ndarray]:
@@ -142,22 +142,3 @@ def test_default_export_has_no_pads(lite0_onnx):
     meta = {p.key: p.value for p in model.metadata_props}
     export = json.loads(meta["edge_saliency.export"])
     assert export["graph_passes"] == {"pads_folded_into_conv": 5}
-
-
-@pytest.mark.parametrize("channels, eps", [(1280, 1e-7), (1280, 1e-3), (672, 1e-12), (30, 1e-7), (7, 1e-7)])
-def test_grouped_log_smoe_statistic_matches_float64_formula(channels, eps):
-    """The faster SMOE graph (logs of 4-channel products, MatMul channel means) is still the
-    DESIGN formula, for wide layers, tiny eps (smaller groups) and channel counts not divisible by 4."""
-    torch = pytest.importorskip("torch")
-    from export.methods.smoe import group_size, smoe_scale
-
-    rng = np.random.default_rng(3)
-    a = np.clip(rng.standard_normal((2, channels, 6, 5)) * 2.0, 0.0, 6.0).astype(np.float32)
-    a[0, :, 0, 0] = 0.0  # every channel at zero: the smallest possible product
-    got = smoe_scale(torch.from_numpy(a), eps=eps).numpy()
-    x = a.astype(np.float64) + eps
-    m = x.mean(axis=1, keepdims=True)
-    want = m * (np.log2(m) - np.log2(x).mean(axis=1, keepdims=True))
-    assert np.all(np.isfinite(got))
-    np.testing.assert_allclose(got, want, rtol=0, atol=1e-4)
-    assert eps ** group_size(channels, eps) >= 1e-30

@@ -1,21 +1,28 @@
-"""The torch implementations of the in-graph methods against the numpy references (1e-4)."""
+"""The methods' pieces (edge_saliency.methods): the numpy references against the formulas and
+independent implementations (scipy, torch), and each ONNX head piece against its reference on
+synthetic activations (1e-4)."""
 from __future__ import annotations
 
+import math
+
 import numpy as np
+import onnx
 import pytest
 import torch
+from onnx import TensorProto, helper
 
-import reference as ref
-from export.methods import recipro_cam as rc
-from export.methods.normalise import gamma_cdf, gaussian_cdf
-from export.methods.smoe import smoe_maps, smoe_scale
+import archs
+import graph_util as gu
+from edge_saliency.graph.writer import GraphWriter
+from edge_saliency.methods import gradient_cams as gc
+from edge_saliency.methods import recipro, smoe
 
 TOL = 1e-4
 
 
-def relu_activation(rng, c, h, w, zero_share=0.5):
+def relu_activation(rng, c, h, w, zero_share=0.5, n=2):
     """Non-negative activations with exact zeros, as after a ReLU."""
-    a = rng.gamma(2.0, 1.0, size=(2, c, h, w)) * (rng.random((2, c, h, w)) > zero_share)
+    a = rng.gamma(2.0, 1.0, size=(n, c, h, w)) * (rng.random((n, c, h, w)) > zero_share)
     return a.astype(np.float32)
 
 
@@ -24,102 +31,137 @@ def rng():
     return np.random.default_rng(7)
 
 
-def test_smoe_scale_matches_formula(rng):
-    a = relu_activation(rng, 24, 9, 11)
-    got = smoe_scale(torch.from_numpy(a)).numpy()
-    assert got.shape == (2, 1, 9, 11)
-    for n in range(2):
-        np.testing.assert_allclose(got[n, 0], ref.smoe_scale(a[n]), atol=TOL, rtol=0)
+def run_piece(write, *arrays: np.ndarray) -> np.ndarray:
+    """Run an ONNX head piece ``write(gw, *input_names) -> output name`` on float32 arrays."""
+    names = [f"in{i}" for i in range(len(arrays))]
+    g = helper.make_graph([], "piece", [helper.make_tensor_value_info(n, TensorProto.FLOAT, list(a.shape))
+                                        for n, a in zip(names, arrays)], [])
+    gw = GraphWriter(g, 17)
+    out = write(gw, *names)
+    g.output.append(onnx.ValueInfoProto(name=out))
+    model = archs.helper_model(g, 17)
+    return gu.session(model).run(None, dict(zip(names, arrays)))[0]
 
 
-def test_smoe_scale_is_zero_where_channels_agree():
-    a = np.full((1, 8, 3, 3), 2.5, dtype=np.float32)  # all channels equal: no information
-    assert np.abs(smoe_scale(torch.from_numpy(a)).numpy()).max() < 1e-6
+# ------------------------------------------------------------------ the references themselves
+def test_smoe_reference_matches_the_formula_written_out(rng):
+    a = relu_activation(rng, 6, 3, 4, n=1)[0].astype(np.float64)
+    eps = 1e-7
+    want = np.zeros((3, 4))
+    for i in range(3):
+        for j in range(4):
+            x = a[:, i, j] + eps
+            m = x.mean()
+            want[i, j] = m * (math.log2(m) - sum(math.log2(v) for v in x) / len(x))
+    np.testing.assert_allclose(smoe.ref_smoe_scale(a, eps), want, rtol=1e-12)
 
 
-def test_smoe_scale_other_eps(rng):
-    a = relu_activation(rng, 16, 5, 5)
-    got = smoe_scale(torch.from_numpy(a), eps=1e-3).numpy()
-    np.testing.assert_allclose(got[0, 0], ref.smoe_scale(a[0], eps=1e-3), atol=TOL, rtol=0)
+def test_smoe_is_zero_where_channels_agree():
+    assert np.abs(smoe.ref_smoe_scale(np.full((8, 3, 3), 2.5), 1e-3)).max() < 1e-12
 
 
-def test_gaussian_cdf_matches_formula(rng):
-    x = rng.normal(3.0, 2.0, size=(2, 1, 13, 7)).astype(np.float32)
-    got = gaussian_cdf(torch.from_numpy(x)).numpy()
-    for n in range(2):
-        np.testing.assert_allclose(got[n, 0], ref.gaussian_cdf(x[n, 0].astype(np.float64)), atol=TOL, rtol=0)
-    assert got.min() >= 0 and got.max() <= 1
+def test_gamma_reference_matches_scipy(rng):
+    from scipy.special import gammainc
+
+    raw = smoe.ref_smoe_scale(relu_activation(rng, 32, 12, 12, n=1)[0], 1e-3)
+    x = np.clip(raw, 0, None) + 1e-10
+    s = math.log(x.mean()) - np.log(x).mean()
+    k = (3 - s + math.sqrt((s - 3) ** 2 + 24 * s)) / (12 * s)
+    np.testing.assert_allclose(smoe.ref_gamma_cdf(raw), gammainc(k, x / (x.mean() / k)), atol=1e-9)
 
 
-def test_gaussian_cdf_constant_map_is_finite():
-    x = torch.ones(1, 1, 4, 4)
-    out = gaussian_cdf(x)
-    assert torch.isfinite(out).all()
+def test_gaussian_reference_matches_scipy(rng):
+    from scipy.stats import norm
+
+    x = rng.normal(3.0, 2.0, size=(13, 7))
+    np.testing.assert_allclose(smoe.ref_gaussian_cdf(x), norm.cdf(x, x.mean(), x.std()), atol=1e-12)
 
 
-def test_gamma_cdf_matches_scipy(rng):
-    # realistic SMOE maps: positive, skewed
-    raw = np.stack([ref.smoe_scale(a) for a in relu_activation(rng, 32, 12, 12)])[:, None].astype(np.float32)
-    got = gamma_cdf(torch.from_numpy(raw)).numpy()
-    for n in range(2):
-        np.testing.assert_allclose(got[n, 0], ref.gamma_cdf(raw[n, 0]), atol=TOL, rtol=0)
-
-
-@pytest.mark.parametrize("weights", [None, [0.18, 0.15, 0.37]])
-def test_smoe_combination_matches_reference(rng, weights):
-    acts = [relu_activation(rng, 8, 16, 16), relu_activation(rng, 16, 8, 8), relu_activation(rng, 32, 4, 4)]
-    w = weights or [1.0, 1.0, 1.0]
-    combined, scales = smoe_maps([torch.from_numpy(a) for a in acts], (8, 8), w)
-    assert combined.shape == (2, 1, 8, 8) and scales.shape == (2, 3, 8, 8)
-    for n in range(2):
-        want_c, want_s = ref.smoe_combined([a[n] for a in acts], (8, 8), weights)
-        np.testing.assert_allclose(scales[n].numpy(), want_s, atol=TOL, rtol=0)
-        np.testing.assert_allclose(combined[n, 0].numpy(), want_c, atol=TOL, rtol=0)
-
-
-def test_bilinear_reference_agrees_with_upsampling_and_downsampling(rng):
-    # the reference resize itself, against torch, both directions (guards the reference)
+def test_bilinear_reference_agrees_with_torch_both_ways(rng):
     m = rng.random((7, 10))
-    for size in [(14, 20), (3, 4), (7, 10)]:
+    for size in [(14, 20), (3, 4), (7, 10), (5, 13)]:
         want = torch.nn.functional.interpolate(torch.from_numpy(m)[None, None], size=size, mode="bilinear",
                                                align_corners=False)[0, 0].numpy()
-        np.testing.assert_allclose(ref.resize_bilinear(m, size), want, atol=1e-9)
+        np.testing.assert_allclose(smoe.ref_resize_bilinear(m, size), want, atol=1e-9)
 
 
-@pytest.mark.parametrize("score", ["logit", "softmax"])
-@pytest.mark.parametrize("variant", ["onehot", "gaussian3x3"])
-def test_recipro_cam_gap_shortcut_matches_masked_copies(rng, score, variant):
-    """The GAP+linear shortcut equals running every masked copy through GAP + linear."""
-    fmap = relu_activation(rng, 12, 5, 6, zero_share=0.3)
-    weight = rng.normal(size=(9, 12)).astype(np.float32)
-    bias = rng.normal(size=9).astype(np.float32)
-    target = torch.tensor([3, 7])
-    got = rc.recipro_cam_gap_linear(torch.from_numpy(fmap), torch.from_numpy(weight), torch.from_numpy(bias),
-                                    target, score, variant).numpy()
-    assert got.shape == (2, 1, 5, 6)
-    for n in range(2):
-        want = ref.recipro_cam(fmap[n], ref.gap_linear_head(weight, bias), int(target[n]), score, variant)
-        np.testing.assert_allclose(got[n, 0], want, atol=TOL, rtol=0)
-        assert got[n].min() == 0.0 and abs(got[n].max() - 1.0) < 1e-6
+def test_recipro_reference_gap_linear_equals_masked_copies_through_torch(rng):
+    """The numpy GAP+linear head on masked copies = torch's AdaptiveAvgPool + Linear on them."""
+    fmap = relu_activation(rng, 12, 5, 6, zero_share=0.3, n=1)[0]
+    lin = torch.nn.Linear(12, 9).double()
+    head = recipro.gap_linear_head(lin.weight.detach().numpy(), lin.bias.detach().numpy())
 
-
-@pytest.mark.parametrize("variant", ["onehot", "gaussian3x3"])
-def test_recipro_cam_general_path_matches_reference(rng, variant):
-    """General path: a non-GAP head (flatten + MLP) on the masked batch."""
-    c, h, w, k = 6, 4, 4, 5
-    head = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(c * h * w, 16), torch.nn.ReLU(),
-                               torch.nn.Linear(16, k)).double()
-    fmap = relu_activation(rng, c, h, w, zero_share=0.2).astype(np.float64)
-    masks = rc.spatial_masks(h, w, variant).double()
-    target = torch.tensor([1, 4])
-    with torch.no_grad():
-        out = head(rc.masked_copies(torch.from_numpy(fmap), masks))
-        got = rc.recipro_cam_from_batch(out, target, (h, w), "softmax").numpy()
-
-    def np_head(maps):
+    def torch_head(maps):
         with torch.no_grad():
-            return head(torch.from_numpy(maps)).numpy()
+            return lin(torch.from_numpy(maps).mean(dim=(2, 3))).numpy()
 
+    for variant in recipro.VARIANTS:
+        for score in recipro.SCORES:
+            np.testing.assert_allclose(recipro.ref_map(fmap, head, 3, score, variant),
+                                       recipro.ref_map(fmap, torch_head, 3, score, variant), atol=1e-12)
+    m = recipro.ref_map(fmap, head, 3)
+    assert m.min() == 0.0 and m.max() == 1.0
+
+
+def test_recipro_masks():
+    onehot = recipro.spatial_masks(3, 4, "onehot")
+    assert onehot.shape == (12, 1, 3, 4) and np.array_equal(onehot.sum(axis=0)[0], np.ones((3, 4)))
+    gauss = recipro.spatial_masks(3, 4, "gaussian3x3")
+    assert gauss[5, 0, 1, 1] == pytest.approx(0.25) and gauss[5, 0, 0, 0] == pytest.approx(1 / 16)
+    assert gauss[0, 0, 0, 0] == pytest.approx(0.25) and gauss[0, 0, 2, 3] == 0.0
+
+
+def test_gradient_cam_references_against_autograd():
+    """Grad-CAM weights are the mean gradient: with A -> GAP -> linear built in torch, autograd's
+    dy_c/dA equals the analytic W[c]/(hw) the references use."""
+    torch.manual_seed(0)
+    a = torch.rand(1, 16, 5, 4, requires_grad=True)
+    lin = torch.nn.Linear(16, 7)
+    y = lin(a.mean(dim=(2, 3)))
+    y[0, 2].backward()
+    analytic = np.broadcast_to((lin.weight[2].detach().numpy() / 20.0)[:, None, None], (16, 5, 4))
+    np.testing.assert_allclose(a.grad[0].numpy(), analytic, atol=1e-7)
+    for name in ("gradcam", "gradcampp", "guided"):
+        m = gc.ref_map(name, a[0].detach().numpy(), analytic)
+        assert m.shape == (5, 4) and m.min() == 0.0 and m.max() == pytest.approx(1.0)
+    assert not np.allclose(gc.ref_map("guided", a[0].detach().numpy(), analytic),
+                           gc.ref_map("gradcam", a[0].detach().numpy(), analytic))
+
+
+# ------------------------------------------------------------------ ONNX pieces vs references
+@pytest.mark.parametrize("channels, eps", [(1280, 1e-3), (1280, 1e-7), (672, 1e-12), (30, 1e-7), (7, 1e-3), (16, 1e-3)])
+def test_smoe_statistic_in_the_graph(rng, channels, eps):
+    a = relu_activation(rng, channels, 5, 6) * 3.0
+    ratio = smoe.smallest_ratio(a, eps)
+    got = run_piece(lambda gw, x: smoe.smoe_scale(gw, x, channels, False, eps, ratio), a)
     for n in range(2):
-        want = ref.recipro_cam(fmap[n], np_head, int(target[n]), "softmax", variant)
-        np.testing.assert_allclose(got[n, 0], want, atol=TOL, rtol=0)
+        want = smoe.ref_smoe_scale(a[n], eps)
+        np.testing.assert_allclose(got[n, 0], want, rtol=1e-4, atol=1e-6 * np.abs(want).max())
+
+
+def test_smoe_clamps_negative_activations(rng):
+    a = rng.normal(size=(2, 8, 4, 4)).astype(np.float32)
+    got = run_piece(lambda gw, x: smoe.smoe_scale(gw, x, 8, True, 1e-3), a)
+    for n in range(2):
+        np.testing.assert_allclose(got[n, 0], smoe.ref_smoe_scale(np.maximum(a[n], 0), 1e-3), rtol=1e-4, atol=1e-7)
+
+
+@pytest.mark.parametrize("normaliser", smoe.NORMALISERS)
+def test_normalisers_in_the_graph(rng, normaliser):
+    raw = np.stack([smoe.ref_smoe_scale(a, 1e-3) for a in relu_activation(rng, 32, 12, 11)])[:, None].astype(np.float32)
+    write = smoe.gamma_cdf if normaliser == "gamma" else smoe.gaussian_cdf
+    ref = smoe.ref_gamma_cdf if normaliser == "gamma" else smoe.ref_gaussian_cdf
+    got = run_piece(lambda gw, x: write(gw, x), raw)
+    for n in range(2):
+        np.testing.assert_allclose(got[n, 0], ref(raw[n, 0]), atol=TOL, rtol=0)
+    flat = run_piece(lambda gw, x: write(gw, x), np.ones((1, 1, 4, 4), np.float32))
+    assert np.isfinite(flat).all()
+
+
+@pytest.mark.parametrize("src, dst", [((14, 14), (56, 56)), ((112, 112), (56, 56)), ((7, 7), (56, 56)),
+                                      ((13, 13), (55, 55)), ((9, 5), (4, 8))])
+def test_resize_in_the_graph(rng, src, dst):
+    m = rng.random((2, 1, *src)).astype(np.float32)
+    got = run_piece(lambda gw, x: smoe.resize_bilinear(gw, x, src, dst), m)
+    for n in range(2):
+        np.testing.assert_allclose(got[n, 0], smoe.ref_resize_bilinear(m[n, 0].astype(np.float64), dst), atol=1e-6)

@@ -1,4 +1,4 @@
-"""Precision variants (export/quantize.py): the int8 and fp16 files keep the ONNX contract and
+"""Precision variants (edge_saliency/graph/quantize.py): the int8 and fp16 files keep the ONNX contract and
 stay close to fp32 on real photographs."""
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 
 from edge_saliency import contract
 from edge_saliency.errors import UserError
-from export import quantize
+from edge_saliency.graph import quantize
 
 # the targets of issue 5
 MIN_AGREEMENT = 0.95

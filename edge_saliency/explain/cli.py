@@ -64,7 +64,8 @@ def load_images(specs: list[str]) -> list[tuple[str, np.ndarray]]:
 def open_classifier(args):
     """(classifier, edge-saliency model or None). A file without edge-saliency metadata is opened as
     a plain ONNX classifier (float NCHW input) with --mean/--std/--bgr."""
-    from edge_saliency.model import SaliencyModel, ensure_default_model
+    from edge_saliency.cli import ensure_default_model
+    from edge_saliency.model import SaliencyModel
 
     path = args.model or str(ensure_default_model(log_fn=lambda m: print(m, file=sys.stderr)))
     if not args.plain:

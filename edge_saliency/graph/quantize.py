@@ -1,7 +1,7 @@
 """Precision variants of an edge-saliency ONNX file: fp16 (for GPU providers) and int8 (static QDQ).
 
     edge-saliency export --precision int8 --calibration images/   # fp32 export + checks, then int8
-    python -m export.quantize fp32.onnx int8.onnx --precision int8 [--calibration DIR] [--report]
+    python -m edge_saliency.graph.quantize fp32.onnx int8.onnx --precision int8 [--calibration DIR] [--report]
 
 Both keep the contract: input ``image`` uint8 [N, H, W, 3] BGR, outputs with the same names,
 dtypes (float32 maps and logits, int64 target_class) and shapes, and every ``edge_saliency.*``
@@ -47,7 +47,7 @@ import onnx
 
 from edge_saliency import contract
 from edge_saliency.errors import UserError
-from export.model_file import write_atomic
+from edge_saliency.graph.model_file import write_atomic
 
 PRECISIONS = ("fp32", "fp16", "int8")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
@@ -585,7 +585,7 @@ def accuracy_report(reference_path, variant_path, images: list[np.ndarray], prov
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m export.quantize", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m edge_saliency.graph.quantize", description=__doc__.split("\n\n")[0])
     p.add_argument("src", help="fp32 edge-saliency ONNX file")
     p.add_argument("out", help="output file")
     p.add_argument("--precision", default="int8", choices=PRECISIONS)

@@ -1,4 +1,4 @@
-"""Graph helpers for ONNX surgery (numpy + onnx + onnxruntime only, never torch).
+"""Graph helpers for the graph builder (numpy + onnx + onnxruntime only, never torch).
 
 ``GraphWriter`` appends nodes with fresh, prefixed names to a graph and writes the few ops whose
 signature changed between opsets (axes as attribute or as input) the way the model's opset
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper, numpy_helper
+from onnx import helper, numpy_helper
 
 from edge_saliency.errors import UserError
 
@@ -58,6 +58,12 @@ class GraphWriter:
         self.graph.node.append(helper.make_node(op_type, inputs, outs, name=self.fresh(f"{hint}_node"), **attrs))
         return outs[0] if len(outs) == 1 else outs
 
+    def clone_node(self, node: onnx.NodeProto, inputs: list[str], outputs: list[str]) -> None:
+        """A copy of ``node`` (same op, domain and attributes) on other tensors."""
+        clone = helper.make_node(node.op_type, inputs, outputs, name=self.fresh("clone_node"), domain=node.domain)
+        clone.attribute.extend(node.attribute)
+        self.graph.node.append(clone)
+
     # ops whose axes moved from attribute to input ------------------------------------------
     def reduce(self, op_type: str, x: str, axes: list[int], keepdims: int = 1, hint: str | None = None) -> str:
         moved = 13 if op_type == "ReduceSum" else 18
@@ -81,10 +87,6 @@ class GraphWriter:
     def log2(self, x: str, hint: str = "log2") -> str:
         # as torch exports log2: Log(x) / ln 2
         return self.op("Div", [self.op("Log", [x], hint), self.const(np.float32(0.693147180559945309), "ln2")], hint)
-
-
-def value_info(name: str, elem_type: int, shape: list) -> onnx.ValueInfoProto:
-    return helper.make_tensor_value_info(name, elem_type, shape)
 
 
 def static_tensors(graph: onnx.GraphProto) -> set[str]:
@@ -131,5 +133,3 @@ def probe(model: onnx.ModelProto, feeds: dict[str, np.ndarray], names: list[str]
         raise UserError(f"ONNX Runtime cannot run the model on a test input: {first[:300]}") from exc
     return dict(zip(names, outs))
 
-
-ELEM_FLOAT = TensorProto.FLOAT

@@ -1,4 +1,4 @@
-"""Recipro-CAM as ONNX nodes, as export/methods/recipro_cam.py computes it.
+"""Recipro-CAM (Byun, Lee): gradient-free class activation maps from spatially masked features.
 
 Each of the P = h*w positions of the feature map F [N, C, h, w] gets a copy of F that keeps only
 that position (one-hot, or its 3x3 neighbourhood weighted [[1,2,1],[2,4,2],[1,2,1]]/16); the head
@@ -13,11 +13,6 @@ position, min-max normalised, is the map [N, 1, h, w].
 from __future__ import annotations
 
 import numpy as np
-import onnx
-from onnx import helper
-
-from export.surgery_discovery import Head
-from export.surgery_graph import GraphWriter
 
 SCORES = ("logit", "softmax")
 VARIANTS = ("onehot", "gaussian3x3")
@@ -33,7 +28,7 @@ def spatial_masks(h: int, w: int, variant: str) -> np.ndarray:
     return eye.reshape(h * w, 1, h, w).astype(np.float32)
 
 
-def clone_head(gw: GraphWriter, head: Head, batch_input: str, values: dict) -> str:
+def clone_head(gw, head, batch_input: str, values: dict) -> str:
     """Copy the head's nodes so they read ``batch_input`` instead of ``head.clone_input``; returns
     the clone's logits. A Reshape to a constant shape that fixes the batch at 1 gets 0 there
     (copy the batch dimension), so the clone runs on any batch."""
@@ -41,13 +36,11 @@ def clone_head(gw: GraphWriter, head: Head, batch_input: str, values: dict) -> s
     for node in head.nodes:
         inputs = [rename.get(i, i) for i in node.input]
         if node.op_type == "Reshape" and node.input[1] not in rename:
-            shape = values.get(node.input[1])
-            if shape is None:
-                shape = _initializer(gw.graph, node.input[1])
+            # the probe's output shape with the batch copied from the input: a dynamic-batch
+            # x.view(x.size(0), -1) reads the batch off a tensor the clone does not have
             src, dst = values.get(node.input[0]), values.get(node.output[0])
-            if (shape is not None and shape.size and int(shape[0]) == 1 and src is not None and dst is not None
-                    and src.shape[0] == 1 and dst.shape[0] == 1):
-                fixed = np.array(shape, dtype=np.int64).copy()
+            if src is not None and dst is not None and src.shape[:1] == dst.shape[:1] == (1,):
+                fixed = np.array(dst.shape, dtype=np.int64)
                 fixed[0] = 0
                 inputs[1] = gw.ints(fixed, "head_shape")
         outputs = []
@@ -55,20 +48,11 @@ def clone_head(gw: GraphWriter, head: Head, batch_input: str, values: dict) -> s
             if o:
                 rename[o] = gw.fresh("head")
             outputs.append(rename.get(o, ""))
-        clone = helper.make_node(node.op_type, inputs, outputs, name=gw.fresh("head_node"), domain=node.domain)
-        clone.attribute.extend(node.attribute)
-        gw.graph.node.append(clone)
+        gw.clone_node(node, inputs, outputs)
     return rename[head.logits]
 
 
-def _initializer(graph: onnx.GraphProto, name: str):
-    for init in graph.initializer:
-        if init.name == name:
-            return onnx.numpy_helper.to_array(init)
-    return None
-
-
-def _pooled(gw: GraphWriter, fmap: str, c: int, h: int, w: int, variant: str) -> str:
+def _pooled(gw, fmap: str, c: int, h: int, w: int, variant: str) -> str:
     """F [N, C, h, w] -> [N, P, C] pooled vectors of the masked copies."""
     if variant == "gaussian3x3":
         kernel = np.broadcast_to(GAUSS.reshape(1, 1, 3, 3), (c, 1, 3, 3)).copy()
@@ -78,7 +62,7 @@ def _pooled(gw: GraphWriter, fmap: str, c: int, h: int, w: int, variant: str) ->
     return gw.op("Mul", [flat, gw.const(np.float32(1.0 / (h * w)), "inv_p")], "recipro_pooled")
 
 
-def _target_scores(gw: GraphWriter, all_scores: str, target: str, p: int, score: str) -> str:
+def _target_scores(gw, all_scores: str, target: str, p: int, score: str) -> str:
     """[N, P, K] logits -> [N, P] score of the target class."""
     if score == "softmax":
         all_scores = gw.op("Softmax", [all_scores], "recipro_softmax", axis=2)
@@ -87,7 +71,7 @@ def _target_scores(gw: GraphWriter, all_scores: str, target: str, p: int, score:
     return gw.squeeze(gw.op("GatherElements", [all_scores, idx], "recipro_gather", axis=2), [2], "recipro_scores")
 
 
-def _min_max(gw: GraphWriter, s: str, h: int, w: int, out: str) -> None:
+def _min_max(gw, s: str, h: int, w: int, out: str) -> None:
     lo = gw.reduce("ReduceMin", s, [1], hint="recipro_lo")
     hi = gw.reduce("ReduceMax", s, [1], hint="recipro_hi")
     rng = gw.op("Max", [gw.op("Sub", [hi, lo], "recipro_range"), gw.const(np.float32(1e-12), "range_min")], "recipro_range")
@@ -95,7 +79,7 @@ def _min_max(gw: GraphWriter, s: str, h: int, w: int, out: str) -> None:
     gw.op("Reshape", [norm, gw.ints([-1, 1, h, w], "map_shape")], outputs=[out])
 
 
-def _gap_linear_scores(gw: GraphWriter, head: Head, pooled: str, target: str, k: int, p: int, score: str) -> str:
+def _gap_linear_scores(gw, head, pooled: str, target: str, k: int, p: int, score: str) -> str:
     bias = None
     if head.bias:
         full = gw.op("Expand", [head.bias, gw.ints([1, k], "bias_shape")], "bias_full")
@@ -125,22 +109,80 @@ def _gap_linear_scores(gw: GraphWriter, head: Head, pooled: str, target: str, k:
     return _target_scores(gw, logits, target, p, score)
 
 
-def recipro_cam(gw: GraphWriter, head: Head, target: str, num_classes: int, values: dict,
-                score: str, variant: str, out: str) -> None:
+def build(ctx) -> dict:
+    """Writes recipro_cam [N, 1, h, w]; returns the metadata entry."""
+    gw, head, spec = ctx.gw, ctx.head, ctx.spec
     f = head.feature
     c, (h, w) = f.channels, f.size
     p = h * w
+    k = ctx.num_classes
     if head.kind == "gap_linear":
-        s = _gap_linear_scores(gw, head, _pooled(gw, f.tensor, c, h, w, variant), target, num_classes, p, score)
+        s = _gap_linear_scores(gw, head, _pooled(gw, f.tensor, c, h, w, spec.recipro_variant), ctx.target, k, p,
+                               spec.recipro_score)
     else:
         if head.kind == "gap_head":
             shape = [-1, c, 1, 1] if head.pooled_keepdims else [-1, c]
-            batch = gw.reshape(_pooled(gw, f.tensor, c, h, w, variant), shape, "recipro_batch")
+            batch = gw.reshape(_pooled(gw, f.tensor, c, h, w, spec.recipro_variant), shape, "recipro_batch")
         else:
-            masks = gw.const(spatial_masks(h, w, variant).reshape(1, p, 1, h, w), "recipro_masks")
+            masks = gw.const(spatial_masks(h, w, spec.recipro_variant).reshape(1, p, 1, h, w), "recipro_masks")
             copies = gw.op("Mul", [gw.unsqueeze(f.tensor, [1], "recipro_f5"), masks], "recipro_copies")
             batch = gw.reshape(copies, [-1, c, h, w], "recipro_batch")
-        head_out = clone_head(gw, head, batch, values)
-        all_scores = gw.reshape(head_out, [-1, p, num_classes], "recipro_all")
-        s = _target_scores(gw, all_scores, target, p, score)
-    _min_max(gw, s, h, w, out)
+        head_out = clone_head(gw, head, batch, ctx.values)
+        all_scores = gw.reshape(head_out, [-1, p, k], "recipro_all")
+        s = _target_scores(gw, all_scores, ctx.target, p, spec.recipro_score)
+    _min_max(gw, s, h, w, "recipro_cam")
+    return {"score": spec.recipro_score, "variant": spec.recipro_variant, "path": head.kind,
+            "feature_layer": f.node, "map_size": list(f.size)}
+
+
+def output_shapes(ctx) -> dict:
+    return {"recipro_cam": [ctx.batch, 1, *ctx.head.feature.size]}
+
+
+# ------------------------------------------------------------------ numpy reference (float64)
+def softmax(z: np.ndarray) -> np.ndarray:
+    e = np.exp(z - z.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def ref_scores(fmap: np.ndarray, head_fn, target: int, score: str = "logit", variant: str = "onehot") -> np.ndarray:
+    """fmap [C, h, w]; head_fn: masked copies [P, C, h, w] -> logits [P, K] -> raw scores [P]."""
+    c, h, w = fmap.shape
+    masks = spatial_masks(h, w, variant).astype(np.float64)  # [P, 1, h, w]
+    logits = np.asarray(head_fn(fmap[None].astype(np.float64) * masks), dtype=np.float64)
+    return softmax(logits)[:, target] if score == "softmax" else logits[:, target]
+
+
+def ref_map(fmap: np.ndarray, head_fn, target: int, score: str = "logit", variant: str = "onehot") -> np.ndarray:
+    """The Recipro-CAM map [h, w] of ``target``: each masked copy through the head, min-max normalised."""
+    s = ref_scores(fmap, head_fn, target, score, variant)
+    s = (s - s.min()) / max(s.max() - s.min(), 1e-12)
+    return s.reshape(fmap.shape[1:])
+
+
+def gap_linear_head(weight: np.ndarray, bias: np.ndarray | None, weight_is_kc: bool = True, alpha: float = 1.0,
+                    beta: float = 1.0):
+    """The head 'global average pooling, then linear' as a function of a batch of maps."""
+    w = weight.astype(np.float64)
+    w = w if weight_is_kc else w.T
+    b = 0.0 if bias is None else beta * np.asarray(bias, dtype=np.float64).reshape(-1)
+    return lambda maps: alpha * maps.mean(axis=(2, 3)) @ w.T + b
+
+
+def reference(ctx, tensors: dict) -> dict:
+    """tensors: the feature map [N, C, h, w] and target_class [N] of one run."""
+    spec = ctx.spec
+    fmaps, targets = tensors[ctx.head.feature.tensor], tensors["target_class"]
+    out = [ref_map(f, ctx.head_fn, int(t), spec.recipro_score, spec.recipro_variant)[None]
+           for f, t in zip(fmaps, targets)]
+    return {"recipro_cam": np.stack(out)}
+
+
+def reference_conditioning(ctx, tensors: dict) -> float:
+    """max |score| / (max - min) over the positions: how much float32 noise the min-max amplifies."""
+    spec = ctx.spec
+    worst = 0.0
+    for f, t in zip(tensors[ctx.head.feature.tensor], tensors["target_class"]):
+        s = ref_scores(f, ctx.head_fn, int(t), spec.recipro_score, spec.recipro_variant)
+        worst = max(worst, float(np.abs(s).max() / max(s.max() - s.min(), 1e-30)))
+    return worst
