@@ -63,7 +63,7 @@ def image_tensor(entry):
 def make_onnx(folder: Path) -> dict[str, Path]:
     from edge_saliency.bench import prune_to_plain
     from export.build import ExportOptions, export_from_options
-    from export.quantize import convert
+    from edge_saliency.graph.quantize import convert
 
     full = folder / "lite0.onnx"
     export_from_options(ExportOptions(out=str(full)), log=lambda m: None)

@@ -3,7 +3,7 @@
 
     python benchmarks/int8_recipes.py [--model fp32.onnx] [--recipes a,b,...] [--runs 40]
 
-Calibration and evaluation images are disjoint: recipes calibrate on export.quantize.CALIBRATION_PHOTOS
+Calibration and evaluation images are disjoint: recipes calibrate on edge_saliency.graph.quantize.CALIBRATION_PHOTOS
 (scikit-image / matplotlib photographs that are not in the report), 22 views each (calibration_views);
 they are evaluated on the 5 sample photos x 4 views (20, the tests' set) and on REPORT_PHOTOS x 4
 views (56). The row "calib=eval (old)" calibrates on the sample photos themselves, as the first
@@ -28,7 +28,7 @@ import numpy as np
 import onnx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from export import quantize as Q  # noqa: E402
+from edge_saliency.graph import quantize as Q  # noqa: E402
 
 R = Q.Int8Recipe
 OLD = R(range_symmetric=True, bias_correction=False)  # the first version: ORT's percentile default (symmetric ranges)

@@ -31,7 +31,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from edge_saliency.capture import Capture  # noqa: E402
 from edge_saliency.device_info import cpu_model  # noqa: E402
 from edge_saliency.live import LiveLoop  # noqa: E402
-from edge_saliency.model import SaliencyModel, ensure_default_model  # noqa: E402
+from edge_saliency.cli import ensure_default_model  # noqa: E402
+from edge_saliency.model import SaliencyModel  # noqa: E402
 from edge_saliency.render import Renderer  # noqa: E402
 from edge_saliency.sources import DemoSource, SyntheticSource, VideoFileSource  # noqa: E402
 

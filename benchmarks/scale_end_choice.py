@@ -3,10 +3,11 @@
     python benchmarks/scale_end_choice.py [--runs 300] [--threads 2]
 
 - none: --methods none (the baseline)
-- design: the default, DESIGN.md's scale ends, each the last ReLU6 output at its resolution
-  (32@112, 144@56, 240@28, 672@14, 1280@7 channels: 1.2M values per frame)
-- block outputs: the blocks' own outputs (16@112, 24@56, 40@28, 112@14, and the head at 7), 3x
-  fewer values, but linear (no activation after them), so SMOE clamps them at 0 first
+- block outputs (the default since 0.2): the blocks' own outputs (16@112, 24@56, 40@28, 112@14,
+  and the head conv 1280@7), linear where no activation follows them, so SMOE clamps them at 0
+- expansion activations (0.1's default): the last ReLU6 output at each resolution, which is the
+  wide expansion of the next, downsampling block (96@112, 144@56, 240@28, 672@14, 1280@7: 3x the
+  values per frame)
 Interleaved round robin, intra-op spinning off. Writes benchmarks/results/scale_end_choice.md/json.
 """
 from __future__ import annotations
@@ -23,8 +24,9 @@ from benchmarks import harness  # noqa: E402
 
 VARIANTS = {
     "none": {"methods": ()},
-    "design scale ends (default)": {},
-    "block outputs (clamped)": {"scale_layers": ["_blocks.0", "_blocks.2", "_blocks.4", "_blocks.10", "_act_head"]},
+    "block outputs (default)": {},
+    "expansion activations (0.1)": {"scale_nodes": ["_blocks.1._act0", "_blocks.3._act0", "_blocks.5._act0",
+                                                    "_blocks.11._act0", "_act_head"]},
 }
 
 
