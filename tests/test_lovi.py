@@ -123,7 +123,7 @@ def test_display_weights_remove_the_common_floor_so_one_layer_shows_its_own_colo
     assert bare[5, 5, 1] < 0.6 and 100 < bare[5, 5, 0] < 200  # fed as is: pale and pulled to the middle hue
     assert bare[..., 2].mean() > 0.4  # and the floor lights the whole frame
     shown = lovi.lovi_hsv(lovi.display_weights(scales))
-    assert shown[5, 5, 0] == pytest.approx(225.0) and shown[5, 5, 1] == pytest.approx(1.0)
+    assert shown[5, 5, 0] == pytest.approx(225.0, abs=2) and shown[5, 5, 1] > 0.97
     assert shown[15, 15, 1] < 0.05 and shown[15, 15, 2] > 0.85  # agreement stays white
     assert np.median(shown[..., 2]) == 0.0  # where no layer stands out: black (the frame shows through)
     w = lovi.display_weights(scales)
