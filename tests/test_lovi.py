@@ -125,7 +125,7 @@ def test_display_weights_remove_the_common_floor_so_one_layer_shows_its_own_colo
     shown = lovi.lovi_hsv(lovi.display_weights(scales))
     assert shown[5, 5, 0] == pytest.approx(225.0, abs=2) and shown[5, 5, 1] > 0.97
     assert shown[15, 15, 1] < 0.05 and shown[15, 15, 2] > 0.85  # agreement stays white
-    assert np.median(shown[..., 2]) == 0.0  # where no layer stands out: black (the frame shows through)
+    assert np.median(shown[..., 2]) < 0.1  # where no layer stands out: near black (the frame shows through)
     w = lovi.display_weights(scales)
     assert w.min() >= 0 and w.max() <= 1 and np.allclose(w.max(axis=(1, 2)), 1.0)
     np.testing.assert_array_equal(lovi.lovi_display_bgr_u8(scales), lovi.lovi_bgr_u8(w))
