@@ -86,9 +86,12 @@ def test_lovi_view_blends_lovi_colours_by_their_value_and_draws_the_legend(frame
     colour = cv2.resize(lovi.lovi_display_bgr_u8(r.smoe_scales), (640, 480), interpolation=cv2.INTER_LINEAR)
     out = Renderer(view="lovi", alpha=0.5, hud=False, legend=False).render(black, r)
     v = colour.max(axis=-1, keepdims=True) / 255.0
-    assert np.abs(out.astype(int) - colour * v).max() <= 1  # opacity = the colour's value at alpha 0.5
+    assert np.abs(out.astype(int) - colour * v**1.5).max() <= 2  # opacity v^1.5 at alpha 0.5
     full = Renderer(view="lovi", alpha=1.0, hud=False, legend=False).render(black, r)
-    assert np.abs(full.astype(int) - colour * np.minimum(1, 2 * v)).max() <= 1
+    assert np.abs(full.astype(int) - colour * np.minimum(1, 2 * v**1.5)).max() <= 2
+    white = np.full_like(frame, 255)
+    over_white = Renderer(view="lovi", alpha=0.5, hud=False, legend=False).render(white, r)
+    assert np.abs(over_white.astype(int) - (colour * v**1.5 + 255 * (1 - v**1.5))).max() <= 2
     # where no layer fires the frame shows through untouched (a constant blend would darken it)
     grey = np.full_like(frame, 128)
     unlit = colour.max(axis=-1) == 0
