@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass
 
 from edge_saliency.capture import Capture, Frame
+from edge_saliency.history import History
 from edge_saliency.live import region_map_for, result_record
 from edge_saliency.model import Result
 from edge_saliency.render import HudStats
@@ -58,6 +59,7 @@ class Engine:
         self._thread: threading.Thread | None = None
         self._fps = 0.0
         self.error: str | None = None
+        self.history = History()  # per-second FPS, latency and class for GET /api/history
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> "Engine":
@@ -168,6 +170,7 @@ class Engine:
                 hud.inference = result.timings["inference"] if not ema_started else 0.9 * hud.inference + 0.1 * result.timings["inference"]
                 ema_started = True
                 snap = Snapshot(seq, frame, result, record, t2)
+                self.history.add(record.get("latency_ms"), result.label, result.score, t=record.get("t_display"))
                 with self._cond:
                     self._latest = snap
                     self._cond.notify_all()
