@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from edge_saliency.capture import Capture, Frame
 from edge_saliency.history import History
-from edge_saliency.live import region_map_for, result_record
+from edge_saliency.live import FpsMeter, region_map_for, result_record
 from edge_saliency.model import Result
 from edge_saliency.render import HudStats
 from edge_saliency.sources import Source
@@ -135,7 +135,7 @@ class Engine:
     def _run(self) -> None:
         last_id = 0
         seq = 0
-        t_prev = None
+        meter = FpsMeter(time.perf_counter())  # frames per second over the last second, from the first frame on
         ema_started = False
         try:
             while not self.stop_event.is_set():
@@ -156,10 +156,8 @@ class Engine:
                                        behind=cap.latest_id - frame.id)
                 t2 = time.perf_counter()
                 seq += 1
-                period = None if t_prev is None else t2 - t_prev
-                t_prev = t2
-                if period is not None:
-                    self._fps = 1.0 / max(period, 1e-6) if self._fps == 0 else 0.9 * self._fps + 0.1 / max(period, 1e-6)
+                self._fps = meter.rate(t2)
+                meter.tick(t2)
                 record["seq"] = seq
                 record["fps"] = round(self._fps, 2)
                 record["source"] = self.source.describe()
