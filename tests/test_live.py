@@ -181,3 +181,23 @@ def test_window_keys_switch_views_alpha_hud_and_quit():
     assert loop.handle_key(ord("1"), None, 1) and renderer.view == "heatmap"
     assert not loop.handle_key(ord("q"), None, 1)
     assert not loop.handle_key(27, None, 1)
+
+
+def test_the_first_frame_already_shows_a_measured_fps(lite0_model):
+    src = SyntheticSource("synthetic", fps=30.0, size=(320, 240))
+    src.open()
+    seen = []
+
+    class Spy(Renderer):
+        def render(self, frame, result, stats=None, banner=None):
+            seen.append(stats.fps)
+            return super().render(frame, result, stats, banner)
+
+    renderer = Spy(view="fastcam", scale_names=lite0_model.info.scale_names, outputs=lite0_model.outputs)
+    cap = Capture(src, realtime=True).start()
+    try:
+        LiveLoop(lite0_model, cap, renderer, max_frames=6).run()
+    finally:
+        cap.stop()
+    assert len(seen) == 6 and all(f > 0 for f in seen)  # never "0.0 FPS", not even on frame 1
+    assert all(f <= 31 for f in seen[1:])  # and a real rate: a 30 FPS source cannot be shown faster

@@ -149,3 +149,26 @@ def test_synthetic_source_stamps_frame_numbers():
     for v in (0, 1, 12345, 2**31 + 7):
         sources.stamp(img, v)
         assert sources.read_stamp(img) == v
+
+
+def test_in_the_shared_scene_class_specific_maps_pick_one_object_and_smoe_both(lite0_model):
+    src = sources.open_source("demo")
+    per = int(src.fps * src.SECONDS_PER_SCENE)
+    start = src.SCENES.index("chelsea+coffee") * per
+    checked = 0
+    for i in range(start + 3, start + per, 12):
+        r = lite0_model.predict(src.make(i))
+        if r.label not in ("Egyptian cat", "tiger cat", "tabby", "espresso", "cup", "coffee mug"):
+            continue
+        cat_side = r.label in ("Egyptian cat", "tiger cat", "tabby")
+
+        def left_share(m):  # at frame size: the halves are the two photos
+            m = cv2.resize(np.asarray(m, np.float32), (640, 480), interpolation=cv2.INTER_LINEAR).astype(np.float64)
+            return m[:, :320].sum() / m.sum()
+
+        smoe = left_share(r.map("smoe"))
+        recipro = left_share(r.map("recipro"))
+        assert 0.35 < smoe < 0.65, (i, r.label, smoe)  # class-agnostic: both halves
+        assert (recipro > 0.7) if cat_side else (recipro < 0.3), (i, r.label, recipro)  # the top class's half
+        checked += 1
+    assert checked >= 3
