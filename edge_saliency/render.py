@@ -168,8 +168,9 @@ class Renderer:
             fps = f"{stats.fps:.1f} FPS" if stats.fps > 0 else "-- FPS"
             lines.append((f"{fps}  {stats.provider or self.provider}  {self.view}"
                           f"{'' if self.view in ('raw', 'side') else f'  alpha {self.alpha:.2f}'}", s, (120, 255, 120), "stats"))
+            render = f"  render {stats.render * 1e3:.1f}" if stats.render > 0 else ""  # 0: not measured (yet)
             lines.append((f"ms: wait {stats.capture_wait * 1e3:.1f}  pre {stats.preprocess * 1e3:.1f}  "
-                          f"infer {stats.inference * 1e3:.1f}  render {stats.render * 1e3:.1f}", s * 0.9, (120, 255, 120), "timings"))
+                          f"infer {stats.inference * 1e3:.1f}{render}", s * 0.9, (120, 255, 120), "timings"))
         for text, scale, colour, kind in lines:
             text, scale = fit_text(text, scale, W - 2 * MARGIN)
             (tw, th), base = cv2.getTextSize(text, FONT, scale, thickness(scale))
