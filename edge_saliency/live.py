@@ -260,7 +260,7 @@ class LiveLoop:
 
     def _with_help(self, out: np.ndarray) -> np.ndarray:
         """The window's copy of a frame: plus the key help while it is due (recordings and the
-        daemon's stream never get it), else a small '? keys' hint under the HUD."""
+        daemon's stream never get it), else a small '? keys' hint at the bottom left."""
         full = self.help_pinned or time.perf_counter() < self.help_until
         if not (full or self.renderer.hud):
             return out

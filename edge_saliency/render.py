@@ -185,6 +185,7 @@ class Renderer:
         H, W = out.shape[:2]
         frame_w = W // 2 if self.view == "side" else W
         s = hud_scale(frame_w, H) * 0.85
+        self.boxes = [kb for kb in self.boxes if kb[0] != "help"]  # the window may show one render many times
         taken = [b for _, b in self.boxes]
         top = max([b[3] for k, b in self.boxes if k in ("label", "stats", "timings")] + [0]) + 4
         right = min([b[0] for k, b in self.boxes if k.startswith("legend")] + [W]) - MARGIN

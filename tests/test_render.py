@@ -114,6 +114,9 @@ def test_hud_draws_labels_at_the_top_and_no_key_help(frame):
     rd.render(frame, r, HudStats(fps=31.0))
     rd.draw_help(helped)  # the window's copy gets it
     assert np.any(helped != on, axis=-1)[-40:].any()
+    again = on.copy()
+    rd.draw_help(again)  # the same render shown again (no new frame yet): the same help, not dropped
+    assert np.array_equal(again, helped)
 
 
 def test_hud_never_shows_zero_fps(frame):
