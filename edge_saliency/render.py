@@ -134,6 +134,7 @@ class Renderer:
         h, w = frame.shape[:2]
         view = self.view
         self.boxes = []
+        self.texts: list[tuple[str, str]] = []  # (what, text) of the HUD lines drawn
         if view == "raw":
             out = frame.copy()
         elif view == "side":
@@ -176,6 +177,7 @@ class Renderer:
             (tw, th), base = cv2.getTextSize(text, FONT, scale, thickness(scale))
             y += th
             self.boxes.append((kind, draw_text(out, text, (MARGIN, y), scale, colour)))
+            self.texts.append((kind, text))
             y += base + line_gap(scale)
         return y
 

@@ -122,11 +122,14 @@ def test_hud_draws_labels_at_the_top_and_no_key_help(frame):
 def test_hud_never_shows_zero_fps(frame):
     r = make_result()
     rd = Renderer(view="raw")
-    unknown = rd.render(frame, r, HudStats(fps=0.0))
-    rd2 = Renderer(view="raw")
-    rd2.render(frame, r, HudStats(fps=0.0))
-    stats_box = dict(rd2.boxes)["stats"]
-    assert stats_box[2] - stats_box[0] > 0 and unknown is not None  # drawn as "-- FPS", not "0.0 FPS"
+    rd.render(frame, r, HudStats(fps=0.0, inference=0.02))  # not measured: a dash, not "0.0 FPS"
+    stats = dict(rd.texts)["stats"]
+    assert stats.startswith("-- FPS") and "0.0 FPS" not in stats
+    rd.render(frame, r, HudStats(fps=12.34, inference=0.02))
+    assert dict(rd.texts)["stats"].startswith("12.3 FPS")
+    assert "render" not in dict(rd.texts)["timings"]  # render time not measured: not shown as 0.0
+    rd.render(frame, r, HudStats(fps=12.34, inference=0.02, render=0.0042))
+    assert dict(rd.texts)["timings"].endswith("render 4.2")
 
 
 SIZES = [(320, 240), (480, 360), (640, 480), (800, 600), (1280, 720), (1920, 1080)]
