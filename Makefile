@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test browser bench clean
+.PHONY: demo test browser x11 bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/edge-saliency run
 
-test: $(STAMP) browser
+test: $(STAMP) browser x11
 	$(BIN)/python -m pytest -q
 
 # Debian's Chromium and ChromeDriver for the daemon's browser test (tests/test_serve_browser.py).
@@ -31,6 +31,16 @@ browser:
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null) \
 	  || echo "note: could not install chromium: the browser test will be skipped"; \
 	else echo "note: chromium/chromedriver not installed: the browser test will be skipped"; fi
+
+# Xvfb, xdotool and xwd for the window test (tests/test_window_x11.py): the real `run` window on an
+# X server, keys pressed, the window captured. Installed when missing and possible, else it skips.
+x11:
+	@if command -v Xvfb >/dev/null && command -v xdotool >/dev/null && command -v xwd >/dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  echo "installing xvfb, xdotool and x11-apps (apt-get) for the window test"; \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq xvfb xdotool x11-apps >/dev/null) \
+	  || echo "note: could not install xvfb/xdotool: the window test will be skipped"; \
+	else echo "note: xvfb/xdotool/xwd not installed: the window test will be skipped"; fi
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/export_overhead.py

@@ -23,7 +23,7 @@ from edge_saliency import providers
 from edge_saliency.capture import Capture
 from edge_saliency.errors import UserError
 from edge_saliency.region import salient_region
-from edge_saliency.render import COLORMAPS, VIEWS, HudStats, Renderer
+from edge_saliency.render import COLORMAPS, VIEW_HELP, VIEWS, HudStats, Renderer
 from edge_saliency.sinks import ContactSheet, JsonLog, Recorder, Window, has_display
 
 log = logging.getLogger("edge_saliency")
@@ -31,6 +31,24 @@ log = logging.getLogger("edge_saliency")
 AUTO_MAX_FRAMES = 300
 AUTO_DURATION = 10.0
 KEY_VIEWS = {ord(str(i + 1)): v for i, v in enumerate(VIEWS)}
+HELP_SECONDS = 6.0  # the window shows the key help this long after it opens (and again on '?')
+
+
+class FpsMeter:
+    """Frames per second over the last `window` seconds of display times, counted from the loop's
+    start: the first frame already has a measured rate (1 / its own time), never 0."""
+
+    def __init__(self, t_start: float, window: float = 1.0):
+        self.window = window
+        self.times: list[float] = [t_start]
+
+    def rate(self, now: float) -> float:
+        """The rate if a frame is shown at `now` (call before drawing the HUD of that frame)."""
+        times = [t for t in self.times if now - t <= self.window] or self.times[-1:]
+        return len(times) / max(now - times[0], 1e-6)  # frames after times[0], this one included
+
+    def tick(self, t: float) -> None:
+        self.times = [x for x in self.times if t - x <= self.window] + [t]
 
 
 @dataclass
@@ -105,6 +123,8 @@ class LiveLoop:
         self.say = say
         self.hud = HudStats(provider=getattr(model, "provider", ""))
         self.snapshots: list[Path] = []
+        self.help_until = 0.0  # perf_counter time until which the window shows the key help
+        self.help_pinned = False  # '?' turned it on for good
         self.region_map = region_map_for(getattr(model, "outputs", []))
 
     # ------------------------------------------------------------------ keys
@@ -119,14 +139,22 @@ class LiveLoop:
         if key in KEY_VIEWS:
             if not r.set_view(KEY_VIEWS[key]):
                 self.say(f"this model cannot show the {KEY_VIEWS[key]} view; it can show {', '.join(r.views)}")
+            else:
+                self.say(f"view: {r.view} ({VIEW_HELP[r.view]})")
         elif key in (ord("v"), 9):
             r.next_view()
+            self.say(f"view: {r.view} ({VIEW_HELP[r.view]})")
         elif key == ord("h"):
             r.hud = not r.hud
+            self.say(f"HUD {'on' if r.hud else 'off'}")
         elif key in (ord("+"), ord("=")):
-            r.nudge_alpha(+0.1)
+            self.say(f"alpha {r.nudge_alpha(+0.1):.2f}")
         elif key in (ord("-"), ord("_")):
-            r.nudge_alpha(-0.1)
+            self.say(f"alpha {r.nudge_alpha(-0.1):.2f}")
+        elif key == ord("?"):
+            self.help_pinned = not (self.help_pinned or time.perf_counter() < self.help_until)
+            self.help_until = 0.0
+            self.say(f"key help {'on' if self.help_pinned else 'off'}")
         elif key == ord("s") and out is not None:
             import cv2
 
@@ -148,6 +176,9 @@ class LiveLoop:
         ema = None
         t_start = time.perf_counter()
         t_prev = t_start
+        meter = FpsMeter(t_start)
+        if self.window is not None:
+            self.help_until = t_start + HELP_SECONDS
         next_status = t_start + self.status_every if self.status_every else None
         poll = 0.03 if self.window else 0.25
         while True:
@@ -177,7 +208,7 @@ class LiveLoop:
                     if cap.no_signal:
                         shown = (last_out.copy() if last_out is not None else np.zeros((480, 640, 3), np.uint8))
                         draw_banner(shown, f"NO SIGNAL - reconnecting ({cap.signal_lost_for:.0f} s)")
-                    if shown is not None and not self.handle_key(self.window.show(shown), last_out, last_id):
+                    if shown is not None and not self.handle_key(self.window.show(self._with_help(shown)), last_out, last_id):
                         summary.ended = "quit"
                         break
                 continue
@@ -188,6 +219,7 @@ class LiveLoop:
             self.hud.capture_wait = wait if ema is None else 0.9 * self.hud.capture_wait + 0.1 * wait
             self.hud.preprocess = _ema(self.hud.preprocess, result.timings["preprocess"], ema)
             self.hud.inference = _ema(self.hud.inference, result.timings["inference"], ema)
+            self.hud.fps = meter.rate(t2)
             out = renderer.render(frame.image, result, self.hud)
             t3 = time.perf_counter()
             key = -1
@@ -196,8 +228,9 @@ class LiveLoop:
             if self.contact is not None:
                 self.contact.offer(frame.id, out)
             if self.window is not None:
-                key = self.window.show(out)
+                key = self.window.show(self._with_help(out))
             t4 = time.perf_counter()
+            meter.tick(t4)
             summary.behind_at_display.append(cap.latest_id - frame.id)
             summary.latency.append(t4 - frame.t_capture)
             if self.json_log is not None:
@@ -211,10 +244,8 @@ class LiveLoop:
             st["render"] += t3 - t2
             st["sinks"] += t4 - t3
             self.hud.render = _ema(self.hud.render, t3 - t2, ema)
-            period = t4 - t_prev
             t_prev = t4
             ema = True
-            self.hud.fps = 1.0 / period if self.hud.fps == 0 else 0.9 * self.hud.fps + 0.1 / max(period, 1e-6)
             wait = 0.0
             if not self.handle_key(key, out, frame.id):
                 summary.ended = "quit"
@@ -226,6 +257,16 @@ class LiveLoop:
         if summary.ended == "end of source" and self.window is not None and last_out is not None:
             self._hold(last_out, last_id)
         return summary
+
+    def _with_help(self, out: np.ndarray) -> np.ndarray:
+        """The window's copy of a frame: plus the key help while it is due (recordings and the
+        daemon's stream never get it), else a small '? keys' hint at the bottom left."""
+        full = self.help_pinned or time.perf_counter() < self.help_until
+        if not (full or self.renderer.hud):
+            return out
+        shown = out.copy()
+        self.renderer.draw_help(shown, full=full)
+        return shown
 
     def _hold(self, last_out, last_id):
         """A finished file in a window: keep the last frame up until the user quits."""
@@ -304,7 +345,7 @@ def add_parser(sub) -> None:
         "run", help="live overlay: camera/video/demo -> saliency maps on screen, in a file, or in a log",
         description="Show where the model looks, live: capture -> infer -> render -> window/recording/log. "
                     "Keys in the window: 1-6 views (" + ", ".join(VIEWS) + "), v next view, h HUD, +/- alpha, "
-                    "s snapshot, q/Esc quit.")
+                    "s snapshot, ? key help, q/Esc quit.")
     p.add_argument("--model", help="edge-saliency ONNX file (default: the pretrained EfficientNet-Lite0, exported on first use)")
     p.add_argument("--source", default=None,
                    help="camera index or /dev/videoN, video file, image file or folder, rtsp:// or http:// URL, "

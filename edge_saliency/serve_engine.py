@@ -17,7 +17,8 @@ import time
 from dataclasses import dataclass
 
 from edge_saliency.capture import Capture, Frame
-from edge_saliency.live import region_map_for, result_record
+from edge_saliency.history import History
+from edge_saliency.live import FpsMeter, region_map_for, result_record
 from edge_saliency.model import Result
 from edge_saliency.render import HudStats
 from edge_saliency.sources import Source
@@ -58,6 +59,7 @@ class Engine:
         self._thread: threading.Thread | None = None
         self._fps = 0.0
         self.error: str | None = None
+        self.history = History()  # per-second FPS, latency and class for GET /api/history
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> "Engine":
@@ -133,7 +135,7 @@ class Engine:
     def _run(self) -> None:
         last_id = 0
         seq = 0
-        t_prev = None
+        meter = FpsMeter(time.perf_counter())  # frames per second over the last second, from the first frame on
         ema_started = False
         try:
             while not self.stop_event.is_set():
@@ -154,10 +156,8 @@ class Engine:
                                        behind=cap.latest_id - frame.id)
                 t2 = time.perf_counter()
                 seq += 1
-                period = None if t_prev is None else t2 - t_prev
-                t_prev = t2
-                if period is not None:
-                    self._fps = 1.0 / max(period, 1e-6) if self._fps == 0 else 0.9 * self._fps + 0.1 / max(period, 1e-6)
+                self._fps = meter.rate(t2)
+                meter.tick(t2)
                 record["seq"] = seq
                 record["fps"] = round(self._fps, 2)
                 record["source"] = self.source.describe()
@@ -168,6 +168,7 @@ class Engine:
                 hud.inference = result.timings["inference"] if not ema_started else 0.9 * hud.inference + 0.1 * result.timings["inference"]
                 ema_started = True
                 snap = Snapshot(seq, frame, result, record, t2)
+                self.history.add(record.get("latency_ms"), result.label, result.score, t=record.get("t_display"))
                 with self._cond:
                     self._latest = snap
                     self._cond.notify_all()

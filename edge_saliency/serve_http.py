@@ -4,6 +4,7 @@ connection, which is what long-lived MJPEG viewers need).
     GET  /                      web page: live overlay, top-k, FPS, latency, view switcher
     GET  /stream.mjpg?view=V    MJPEG (multipart/x-mixed-replace) of the overlay in view V
     GET  /api/latest            JSON of the newest result
+    GET  /api/history           per-second FPS, latency p50/p99 and class over the last minutes
     GET  /api/frame.jpg?view=V  the newest frame as JPEG (view raw by default)
     GET  /api/map.png?map=M     the newest saliency map (smoe | recipro | fastcam), 8-bit PNG
     POST /api/explain           {"method": ..., "class": ...} -> 202 {"job": id}
@@ -258,6 +259,10 @@ class Handler(BaseHTTPRequestHandler):
         rec["fps"] = round(self.app.engine.fps, 2)
         self._json(200, rec)
 
+    def history(self, query):
+        self._params(query, {})
+        self._json(200, self.app.engine.history.snapshot())
+
     def frame_jpg(self, query):
         p = self._params(query, {"view": self.app.views})
         snap = self.app.engine.latest
@@ -411,6 +416,7 @@ GET_ROUTES = {
     "/index.html": Handler.page,
     "/stream.mjpg": Handler.stream,
     "/api/latest": Handler.latest,
+    "/api/history": Handler.history,
     "/api/frame.jpg": Handler.frame_jpg,
     "/api/map.png": Handler.map_png,
     "/metrics": Handler.metrics,

@@ -142,14 +142,29 @@ class ContactSheet:
 
 
 class Window:
-    """The OpenCV window; `show` returns the key pressed (-1 for none)."""
+    """The OpenCV window; `show` returns the key pressed (-1 for none).
+
+    Resizable, without the Qt toolbar, and sized to the image (up to MAX_SIZE) whenever the image
+    size changes, e.g. to the side-by-side view (a WINDOW_NORMAL window otherwise opens at Qt's
+    default 400x300 and shows a 640x480 frame shrunk)."""
+
+    MAX_SIZE = (1600, 900)
 
     def __init__(self, title: str = "edge-saliency"):
         self.title = title
-        cv2.namedWindow(title, cv2.WINDOW_NORMAL | cv2.WINDOW_KEEPRATIO)
+        cv2.namedWindow(title, cv2.WINDOW_NORMAL | cv2.WINDOW_KEEPRATIO | cv2.WINDOW_GUI_NORMAL)
         self.shown = False
+        self._size: tuple[int, int] | None = None
 
     def show(self, img: np.ndarray, wait_ms: int = 1) -> int:
+        size = (img.shape[1], img.shape[0])
+        if size != self._size:
+            k = min(1.0, self.MAX_SIZE[0] / size[0], self.MAX_SIZE[1] / size[1])
+            try:
+                cv2.resizeWindow(self.title, int(size[0] * k), int(size[1] * k))
+            except cv2.error:
+                pass
+            self._size = size
         cv2.imshow(self.title, img)
         self.shown = True
         return cv2.waitKey(wait_ms)

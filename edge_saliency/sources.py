@@ -310,56 +310,99 @@ class GeneratedSource(Source):
     def make(self, index: int) -> np.ndarray:
         raise NotImplementedError
 
-    def write_video(self, path, frames: int) -> None:
-        """Frames 0..frames-1 as an mp4 file at this source's size and FPS (test and benchmark input)."""
+    def write_video(self, path, frames: int, start: int = 0) -> None:
+        """Frames start..start+frames-1 as an mp4 file at this source's size and FPS (test and benchmark input)."""
         writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), self.fps, self.size)
         try:
-            for i in range(frames):
+            for i in range(start, start + frames):
                 writer.write(self.make(i))
         finally:
             writer.release()
 
 
 class DemoSource(GeneratedSource):
-    """Real photographs (scikit-image's cat, coffee, astronaut, rocket) panned and zoomed over a
-    plain background, a few seconds each, so the overlay visibly follows the object."""
+    """Real photographs (scikit-image's cat, coffee, astronaut, rocket) filling the frame, each
+    slowly panned and zoomed (a Ken Burns move), plus a scene where the cat and the coffee share
+    the frame side by side: there the class-specific maps (Recipro-CAM, FastCAM) pick the top
+    class's object while the class-agnostic SMOE map lights both.
+
+    Scenes run SECONDS_PER_SCENE each, all five within the 300 frames of a headless demo run."""
 
     kind = "demo"
     PHOTOS = ("chelsea", "coffee", "astronaut", "rocket")
-    SECONDS_PER_PHOTO = 2.5  # all four photos within the 300 frames of a headless demo run
+    SCENES = ("chelsea", "coffee", "chelsea+coffee", "astronaut", "rocket")
+    SECONDS_PER_SCENE = 2.0
+    # the main object of each photo, as fractions of the photo (x0, y0, x1, y1)
+    OBJECTS = {"chelsea": (0.05, 0.0, 0.85, 1.0), "coffee": (0.12, 0.02, 0.8, 0.95),
+               "astronaut": (0.2, 0.0, 0.72, 1.0), "rocket": (0.44, 0.25, 0.58, 0.97)}
+    PAN = 0.12  # how far the view travels over a scene, as a fraction of the frame width
+    ZOOM = (1.0, 1.2)  # scale over "just covers the frame", at the start and the end of a scene
 
     def open(self) -> None:
         from edge_saliency import samples
 
-        self.photos = [samples.photo(n) for n in self.PHOTOS]
-        self._shapes = {n: p.shape[:2] for n, p in zip(self.PHOTOS, self.photos)}
+        self.photos = {n: samples.photo(n) for n in self.PHOTOS}
+        self._shapes = {n: p.shape[:2] for n, p in self.photos.items()}
+
+    def scene(self, index: int) -> tuple[str, float, int]:
+        """(scene name, progress 0..1 through it, scene number) for frame `index`."""
+        t = index / self.fps
+        n = int(t // self.SECONDS_PER_SCENE)
+        return self.SCENES[n % len(self.SCENES)], (t % self.SECONDS_PER_SCENE) / self.SECONDS_PER_SCENE, n
+
+    def _view(self, name: str, size: tuple[int, int], u: float, n: int) -> np.ndarray:
+        """The 2x3 affine map photo -> a (w, h) tile: cover the tile, zoom in slowly, pan sideways."""
+        w, h = size
+        ph, pw = self._shapes[name]
+        x0, y0, x1, y1 = self.OBJECTS[name]
+        ease = 0.5 - 0.5 * math.cos(math.pi * u)  # starts and ends gently
+        zoom = max(w / pw, h / ph) * (self.ZOOM[0] + (self.ZOOM[1] - self.ZOOM[0]) * ease)
+        vw, vh = w / zoom, h / zoom  # the visible part of the photo, in photo pixels
+        side = 1 if n % 2 == 0 else -1  # alternate the pan direction scene by scene
+        pan = side * (ease - 0.5) * self.PAN * w / zoom
+        cx = np.clip((x0 + x1) / 2 * pw - pan, vw / 2, pw - vw / 2)
+        cy = np.clip((y0 + y1) / 2 * ph, vh / 2, ph - vh / 2)
+        return np.float32([[zoom, 0, w / 2 - zoom * cx], [0, zoom, h / 2 - zoom * cy]])
+
+    def objects(self, index: int) -> list[tuple[str, tuple[float, float, float, float]]]:
+        """Each photo's main object in frame `index`: (photo name, box x0 y0 x1 y1 in frame pixels, clipped)."""
         w, h = self.size
-        yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
-        shade = (40 + 30 * (xx / w) + 20 * (yy / h)).astype(np.uint8)
-        self.background = np.dstack([shade + 10, shade, shade])
+        name, u, n = self.scene(index)
+        tiles = self._tiles(name, w, h)
+        out = []
+        for photo, (tx, tw) in tiles:
+            m = self._view(photo, (tw, h), u, n)
+            ph, pw = self._shapes[photo]
+            x0, y0, x1, y1 = self.OBJECTS[photo]
+            bx = [tx + m[0, 0] * x * pw + m[0, 2] for x in (x0, x1)]
+            by = [m[1, 1] * y * ph + m[1, 2] for y in (y0, y1)]
+            out.append((photo, (max(tx, bx[0]), max(0.0, by[0]), min(tx + tw, bx[1]), min(h, by[1]))))
+        return out
+
+    @staticmethod
+    def _tiles(name: str, w: int, h: int) -> list[tuple[str, tuple[int, int]]]:
+        """(photo, (x, width)) for each photo of a scene: one fills the frame, two share it."""
+        names = name.split("+")
+        step = w // len(names)
+        return [(p, (i * step, step if i < len(names) - 1 else w - i * step)) for i, p in enumerate(names)]
 
     def placement(self, index: int) -> tuple[str, float, float, float]:
-        """Which photo frame `index` shows, where its centre is (x, y in pixels) and its zoom."""
+        """Which scene frame `index` shows, where its (first) object's centre is (x, y in frame
+        pixels) and the zoom over the photo's own size."""
+        name, u, n = self.scene(index)
+        photo, (x0, y0, x1, y1) = self.objects(index)[0]
         w, h = self.size
-        t = index / self.fps
-        n = int(t // self.SECONDS_PER_PHOTO)
-        name = self.PHOTOS[n % len(self.PHOTOS)]
-        u = (t % self.SECONDS_PER_PHOTO) / self.SECONDS_PER_PHOTO  # 0..1 within this photo
-        ph, pw = self._shapes[name]
-        fit = min(w / pw, h / ph)
-        zoom = fit * (0.55 + 0.35 * (0.5 - 0.5 * math.cos(2 * math.pi * u)))  # zooms in and back out
-        cx = w * (0.5 + 0.22 * math.sin(2 * math.pi * u + n))  # pans left/right
-        cy = h * (0.5 + 0.12 * math.sin(4 * math.pi * u))
-        return name, cx, cy, zoom
+        tw = self._tiles(name, w, h)[0][1][1]
+        return name, (x0 + x1) / 2, (y0 + y1) / 2, float(self._view(photo, (tw, h), u, n)[0, 0])
 
     def make(self, index: int) -> np.ndarray:
         w, h = self.size
-        name, cx, cy, zoom = self.placement(index)
-        photo = self.photos[self.PHOTOS.index(name)]
-        ph, pw = photo.shape[:2]
-        m = np.float32([[zoom, 0, cx - zoom * pw / 2], [0, zoom, cy - zoom * ph / 2]])
-        frame = self.background.copy()
-        cv2.warpAffine(photo, m, (w, h), dst=frame, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_TRANSPARENT)
+        name, u, n = self.scene(index)
+        frame = np.empty((h, w, 3), np.uint8)
+        for photo, (tx, tw) in self._tiles(name, w, h):
+            m = self._view(photo, (tw, h), u, n)
+            cv2.warpAffine(self.photos[photo], m, (tw, h), dst=frame[:, tx:tx + tw], flags=cv2.INTER_LINEAR,
+                           borderMode=cv2.BORDER_REFLECT)
         return frame
 
     def describe(self) -> str:

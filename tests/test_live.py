@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from edge_saliency.capture import Capture
-from edge_saliency.live import LiveLoop
+from edge_saliency.live import FpsMeter, LiveLoop
 from edge_saliency.render import Renderer
 from edge_saliency.sources import DemoSource, SyntheticSource, read_stamp
 
@@ -33,10 +33,10 @@ def cli(args, tmp_path, env_extra=None, timeout=120):
                           text=True, timeout=timeout)
 
 
-def demo_video(path, n=24):
+def demo_video(path, n=24, start=0):
     src = DemoSource("demo")
     src.open()
-    src.write_video(path, n)
+    src.write_video(path, n, start)
     return src
 
 
@@ -51,8 +51,9 @@ def count_frames(path):
 
 
 def test_headless_video_record_and_json_log_follow_the_object(lite0_onnx, tmp_path):
-    n = 24
-    demo = demo_video(tmp_path / "in.mp4", n)
+    n = 40
+    start = int(DemoSource.SECONDS_PER_SCENE * 30) + 10  # the coffee scene, panning right to left
+    demo = demo_video(tmp_path / "in.mp4", n, start)
     p = cli(["run", "--model", str(lite0_onnx), "--source", "in.mp4", "--headless", "--fast", "--view", "lovi",
              "--record", "out.mp4", "--log-json", "log.jsonl", "--threads", "1"], tmp_path)
     assert p.returncode == 0, p.stderr
@@ -61,7 +62,7 @@ def test_headless_video_record_and_json_log_follow_the_object(lite0_onnx, tmp_pa
     assert count_frames(tmp_path / "out.mp4") == n
     rows = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
     assert [r["frame"] for r in rows] == list(range(1, n + 1))
-    assert sum(r["label"] == "Egyptian cat" for r in rows) > n / 2  # the demo's first photo is the cat
+    assert sum(r["label"] == "espresso" for r in rows) > n / 2
     xs = []
     for i, r in enumerate(rows):
         x0, y0, x1, y1 = r["box"]
@@ -70,7 +71,8 @@ def test_headless_video_record_and_json_log_follow_the_object(lite0_onnx, tmp_pa
         assert x0 <= cx <= x1 and y0 <= cy <= y1
         assert r["t_display"] >= r["t_capture"] and 0 < r["score"] <= 1
         xs.append(cx)
-    photo_x = [demo.placement(i)[1] for i in range(n)]
+    photo_x = [demo.placement(start + i)[1] for i in range(n)]
+    assert photo_x[0] - photo_x[-1] > 40  # the cup moved
     # the salient region follows the panned photo
     assert np.corrcoef(xs, photo_x)[0, 1] > 0.8
     assert np.mean(np.abs(np.array(xs) - photo_x)) < 80
@@ -158,6 +160,17 @@ def test_loop_shows_the_newest_frame_of_a_live_30fps_source(lite0_model):
     assert len(shown) == 12
 
 
+def test_fps_meter_measures_from_the_first_frame():
+    m = FpsMeter(t_start=10.0, window=1.0)
+    assert m.rate(10.05) == pytest.approx(20.0)  # the first frame took 50 ms: 20 FPS, not 0
+    m.tick(10.05)
+    assert m.rate(10.10) == pytest.approx(20.0)
+    for k in range(2, 60):
+        m.tick(10.0 + 0.05 * k)
+    assert m.rate(10.0 + 0.05 * 60) == pytest.approx(20.0)  # steady 20 FPS over the last second
+    assert m.rate(20.0) == pytest.approx(1 / (20.0 - (10.0 + 0.05 * 59)))  # a stall: the rate drops at once
+
+
 def test_window_keys_switch_views_alpha_hud_and_quit():
     renderer = Renderer(view="fastcam")
     loop = LiveLoop(model=None, capture=None, renderer=renderer)
@@ -168,3 +181,23 @@ def test_window_keys_switch_views_alpha_hud_and_quit():
     assert loop.handle_key(ord("1"), None, 1) and renderer.view == "heatmap"
     assert not loop.handle_key(ord("q"), None, 1)
     assert not loop.handle_key(27, None, 1)
+
+
+def test_the_first_frame_already_shows_a_measured_fps(lite0_model):
+    src = SyntheticSource("synthetic", fps=30.0, size=(320, 240))
+    src.open()
+    seen = []
+
+    class Spy(Renderer):
+        def render(self, frame, result, stats=None, banner=None):
+            seen.append(stats.fps)
+            return super().render(frame, result, stats, banner)
+
+    renderer = Spy(view="fastcam", scale_names=lite0_model.info.scale_names, outputs=lite0_model.outputs)
+    cap = Capture(src, realtime=True).start()
+    try:
+        LiveLoop(lite0_model, cap, renderer, max_frames=6).run()
+    finally:
+        cap.stop()
+    assert len(seen) == 6 and all(f > 0 for f in seen)  # never "0.0 FPS", not even on frame 1
+    assert all(f <= 31 for f in seen[1:])  # and a real rate: a 30 FPS source cannot be shown faster

@@ -109,3 +109,23 @@ def test_legend_colours_are_the_single_scale_colours():
 def test_bad_shape_is_an_error():
     with pytest.raises(ValueError):
         lovi.lovi_bgr(np.zeros((4, 4), np.float32))
+
+
+def test_display_weights_remove_the_common_floor_so_one_layer_shows_its_own_colour():
+    # Gaussian-CDF normalised maps sit near 0.5 almost everywhere; one layer fires at one spot
+    rng = np.random.default_rng(3)
+    S = 5
+    scales = (0.5 + 0.02 * rng.standard_normal((S, 20, 20))).astype(np.float32)
+    scales[1, 5, 5] = 1.0  # layer 1 (hue 225, blue) alone
+    scales[:, 15, 15] = 0.95  # every layer at once: white
+    scales[:, 0, 0] = 0.0  # and, like real maps, each spans 0..1
+    bare = lovi.lovi_hsv(scales)
+    assert bare[5, 5, 1] < 0.6 and 100 < bare[5, 5, 0] < 200  # fed as is: pale and pulled to the middle hue
+    assert bare[..., 2].mean() > 0.4  # and the floor lights the whole frame
+    shown = lovi.lovi_hsv(lovi.display_weights(scales))
+    assert shown[5, 5, 0] == pytest.approx(225.0, abs=2) and shown[5, 5, 1] > 0.97
+    assert shown[15, 15, 1] < 0.05 and shown[15, 15, 2] > 0.85  # agreement stays white
+    assert np.median(shown[..., 2]) < 0.1  # where no layer stands out: near black (the frame shows through)
+    w = lovi.display_weights(scales)
+    assert w.min() >= 0 and w.max() <= 1 and np.allclose(w.max(axis=(1, 2)), 1.0)
+    np.testing.assert_array_equal(lovi.lovi_display_bgr_u8(scales), lovi.lovi_bgr_u8(w))

@@ -8,7 +8,7 @@ import shutil
 
 import pytest
 
-from serve_util import metric_value, request, running, wait_for
+from serve_util import get_json, metric_value, request, running, wait_for
 
 CHROMIUM = next((p for p in ("/usr/bin/chromium", "/usr/bin/chromium-browser") if os.path.exists(p)), None)
 DRIVER = shutil.which("chromedriver") or next((p for p in ("/usr/bin/chromedriver",) if os.path.exists(p)), None)
@@ -73,3 +73,74 @@ def test_page_shows_live_frames_top_k_and_switches_view(lite0_model, browser):
         assert metric_value(text, "edge_saliency_stream_viewers", {"view": "side"}) == 1
         assert wait_for(lambda: metric_value(request(d, "GET", "/metrics")[2].decode(),
                                              "edge_saliency_stream_viewers", {"view": "fastcam"}) == 0, 10)
+
+
+def _shot(browser, tmp_path, name):
+    path = tmp_path / f"page-{name}.png"
+    browser.save_screenshot(str(path))
+    if os.environ.get("EDGE_SALIENCY_SHOTS"):
+        os.makedirs(os.environ["EDGE_SALIENCY_SHOTS"], exist_ok=True)
+        browser.save_screenshot(os.path.join(os.environ["EDGE_SALIENCY_SHOTS"], f"page-{name}.png"))
+    return path
+
+
+CHARTS = "return window.esCharts ? JSON.parse(JSON.stringify(window.esCharts)) : null"
+LAYOUT = """
+const vw = document.documentElement.clientWidth;
+const boxes = [...document.querySelectorAll('#stream, .plot canvas, #topk, #views')].map(e => e.getBoundingClientRect());
+return {vw: vw, scroll: document.documentElement.scrollWidth,
+        right: Math.max(...boxes.map(b => b.right)), widths: boxes.map(b => Math.round(b.width))};
+"""
+
+
+def test_page_plots_fps_latency_and_classes_live_at_two_widths(lite0_model, browser, tmp_path):
+    from edge_saliency.sources import DemoSource
+
+    demo = DemoSource("demo")  # scenes change every 2 s: the class timeline gets several classes
+    demo.open()
+    with running(lite0_model, source=demo) as d:
+        assert wait_for(lambda: d.engine.latest, 60)
+        browser.get(d.url + "/")
+        first = wait_for(lambda: (lambda c: c if c and c["fps"]["points"] >= 2 else None)(browser.execute_script(CHARTS)), 30)
+        assert first is not None, "the FPS plot never got two points"
+        assert first["latency"]["points"] == first["fps"]["points"] and first["latency"]["p99_points"] >= 2
+        later = wait_for(lambda: (lambda c: c if c["fps"]["points"] >= first["fps"]["points"] + 3 else None)(
+            browser.execute_script(CHARTS)), 30)
+        assert later is not None and later["updates"] > first["updates"], "the plots do not update"
+        assert later["classes"]["points"] >= first["classes"]["points"] + 3
+        labels = wait_for(lambda: (lambda c: c["classes"]["labels"] if len(c["classes"]["labels"]) >= 2 else None)(
+            browser.execute_script(CHARTS)), 30)
+        assert labels and {"Egyptian cat", "espresso"} & set(labels), labels
+        legend = browser.execute_script("return document.getElementById('class-legend').textContent")
+        assert labels[0] in legend
+        # the plotted figures are the server's: the FPS axis covers the measured rate
+        hist = get_json(d, "/api/history")[1]
+        assert max(p["fps"] for p in hist["points"]) <= later["fps"]["top"]
+        _shot(browser, tmp_path, "desktop")
+        lay = browser.execute_script(LAYOUT)
+        assert lay["scroll"] <= lay["vw"] + 1 and lay["right"] <= lay["vw"] + 1, lay
+
+        # the window's keys work on the page: 4 -> lovi; the snapshot link follows the view and downloads a JPEG
+        browser.find_element("tag name", "body").send_keys("4")
+        assert browser.execute_script("return document.querySelector('#views button.on').dataset.view") == "lovi"
+        href = browser.execute_script("return document.getElementById('snapshot').href")
+        assert href.endswith("api/frame.jpg?view=lovi")
+        assert browser.execute_script("return document.getElementById('snapshot').hasAttribute('download')")
+        got = browser.execute_async_script("""
+            const done = arguments[arguments.length - 1];
+            fetch(document.getElementById('snapshot').href).then(async r => done([r.status, r.headers.get('content-type'),
+              (await r.arrayBuffer()).byteLength])).catch(e => done(String(e)));""")
+        assert got[0] == 200 and got[1] == "image/jpeg" and got[2] > 5000, got
+        keys = browser.execute_script("return [...document.querySelectorAll('#views button kbd')].map(k => k.textContent)")
+        assert keys == ["1", "2", "3", "4", "5", "6"]
+
+        # phone width: one column, nothing wider than the screen, plots still drawn and updating
+        browser.set_window_size(390, 844)
+        narrow = wait_for(lambda: (lambda lay: lay if lay["vw"] <= 400 else None)(browser.execute_script(LAYOUT)), 10)
+        assert narrow is not None
+        assert narrow["scroll"] <= narrow["vw"] + 1 and narrow["right"] <= narrow["vw"] + 1, narrow
+        assert min(narrow["widths"]) > 300  # the stream and plots take the full width, not a squeezed column
+        before = browser.execute_script(CHARTS)["updates"]
+        assert wait_for(lambda: browser.execute_script(CHARTS)["updates"] >= before + 2, 10)
+        browser.execute_script("window.scrollTo(0, 0)")
+        _shot(browser, tmp_path, "phone")

@@ -103,19 +103,42 @@ def test_empty_folder_is_a_clear_error(tmp_path):
         sources.open_source(str(tmp_path))
 
 
-def test_demo_moves_real_photographs():
+def test_demo_photographs_fill_the_frame_and_pan_and_zoom():
     src = sources.open_source("demo")
     assert src.live and src.paced
+    fps = src.fps
     f0, f1 = src.read(), src.read()
     assert f0.shape == (480, 640, 3) and f0.dtype == np.uint8
-    assert np.abs(f0.astype(int) - f1).mean() > 0.5  # moving
-    name0, x0, _, _ = src.placement(0)
-    name_later, x_later, _, _ = src.placement(20)
-    assert name0 == name_later == "chelsea" and x_later > x0 + 40  # panned right
-    assert src.placement(int(30 * 4.5))[0] == "coffee"  # next photo after 4 s
-    # the photo is where placement says: the frame differs from the background around its centre
-    name, cx, cy, _ = src.placement(0)
-    assert np.abs(f0[int(cy) - 5:int(cy) + 5, int(cx) - 5:int(cx) + 5].astype(int) - src.background[int(cy), int(cx)]).mean() > 5
+    assert np.array_equal(f1, src.make(1)) and np.abs(f0.astype(int) - src.make(5)).mean() > 0.5  # moving
+    # photographs fill the frame: no flat canvas anywhere (every 80x80 tile has texture)
+    for i in range(0, int(fps * src.SECONDS_PER_SCENE * len(src.SCENES)), 15):
+        f = src.make(i)
+        tiles = f.reshape(6, 80, 8, 80, 3).std(axis=(1, 3, 4))
+        assert tiles.min() > 2, (i, tiles.min())
+    # each scene zooms in slowly and pans sideways, alternating direction
+    per = int(fps * src.SECONDS_PER_SCENE)
+    for n, scene in enumerate(src.SCENES):
+        first, last = n * per, (n + 1) * per - 1
+        assert src.scene(first)[0] == src.scene(last)[0] == scene
+        zooms = [src.placement(i)[3] for i in range(first, last + 1)]
+        assert zooms == sorted(zooms) and zooms[-1] > 1.15 * zooms[0]
+        steps = np.abs(np.diff([src.make(i)[::8, ::8].astype(int) for i in (first, first + 15)], axis=0)).mean()
+        assert steps < 40  # slow: half a second changes the frame only so much
+    x = [src.placement(i)[1] for i in range(per, 2 * per)]  # the coffee scene
+    assert x[-1] < x[0] - 40 and src.placement(0)[1] < src.placement(per - 1)[1]
+    assert src.placement(int(fps * 2.5))[0] == "coffee"
+
+
+def test_demo_has_a_scene_where_two_objects_share_the_frame():
+    src = sources.open_source("demo")
+    pair = [i for i in range(int(src.fps * src.SECONDS_PER_SCENE * len(src.SCENES))) if len(src.objects(i)) == 2]
+    assert len(pair) >= src.fps  # a second or more
+    (a, box_a), (b, box_b) = src.objects(pair[0])
+    assert {a, b} == {"chelsea", "coffee"} and box_a[2] <= box_b[0]  # side by side
+    f = src.make(pair[0])
+    # each half really shows its photo: the halves differ in colour (the red cup, the grey-brown cat)
+    left, right = f[:, :320].reshape(-1, 3).mean(axis=0), f[:, 320:].reshape(-1, 3).mean(axis=0)
+    assert right[2] - right[0] > left[2] - left[0] + 20
 
 
 def test_synthetic_source_stamps_frame_numbers():
@@ -126,3 +149,26 @@ def test_synthetic_source_stamps_frame_numbers():
     for v in (0, 1, 12345, 2**31 + 7):
         sources.stamp(img, v)
         assert sources.read_stamp(img) == v
+
+
+def test_in_the_shared_scene_class_specific_maps_pick_one_object_and_smoe_both(lite0_model):
+    src = sources.open_source("demo")
+    per = int(src.fps * src.SECONDS_PER_SCENE)
+    start = src.SCENES.index("chelsea+coffee") * per
+    checked = 0
+    for i in range(start + 3, start + per, 12):
+        r = lite0_model.predict(src.make(i))
+        if r.label not in ("Egyptian cat", "tiger cat", "tabby", "espresso", "cup", "coffee mug"):
+            continue
+        cat_side = r.label in ("Egyptian cat", "tiger cat", "tabby")
+
+        def left_share(m):  # at frame size: the halves are the two photos
+            m = cv2.resize(np.asarray(m, np.float32), (640, 480), interpolation=cv2.INTER_LINEAR).astype(np.float64)
+            return m[:, :320].sum() / m.sum()
+
+        smoe = left_share(r.map("smoe"))
+        recipro = left_share(r.map("recipro"))
+        assert 0.35 < smoe < 0.65, (i, r.label, smoe)  # class-agnostic: both halves
+        assert (recipro > 0.7) if cat_side else (recipro < 0.3), (i, r.label, recipro)  # the top class's half
+        checked += 1
+    assert checked >= 3
