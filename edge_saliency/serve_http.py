@@ -10,6 +10,9 @@ connection, which is what long-lived MJPEG viewers need).
     GET  /api/jobs/<id>         a job's state and result; /api/jobs/<id>/map.png its map
     GET  /metrics               Prometheus text
     GET  /healthz               200 while frames are fresh, 503 with the reason
+    GET  /api/cameras           the cameras (several per daemon: [cameras.NAME] in the config)
+    GET  /cameras/NAME/stream.mjpg, /api/cameras/NAME/latest | frame.jpg | map.png: the same per camera
+                                (the plain URLs above are the default camera's)
 
 Security: an optional bearer token guards everything but /healthz (header `Authorization: Bearer
 T`, or the cookie that `/?token=T` sets for browsers); no endpoint reads or writes a path a
@@ -39,6 +42,8 @@ log = logging.getLogger("edge_saliency")
 
 COOKIE = "edge_saliency_token"
 JOB_PATH = re.compile(r"/api/jobs/([0-9a-f]{16})(/map\.png)?")
+CAMERA_PATH = re.compile(r"/(?:cameras/([A-Za-z0-9_-]{1,32})/(stream\.mjpg)|api/cameras/([A-Za-z0-9_-]{1,32})/"
+                         r"(latest|frame\.jpg|map\.png))")
 MAPS = ("smoe", "recipro", "fastcam")
 SEND_TIMEOUT = 10.0  # a viewer that takes nothing for this long is dropped
 
@@ -176,6 +181,8 @@ class Handler(BaseHTTPRequestHandler):
                                      {"Allow": "GET, HEAD"} if path in GET_ROUTES else None)
                 return self._explain(query)
             route = GET_ROUTES.get(path)
+            if route is None and CAMERA_PATH.fullmatch(path):
+                return self._camera_route(CAMERA_PATH.fullmatch(path), query)
             if route is None:
                 m = JOB_PATH.fullmatch(path)
                 if path == "/api/explain":
@@ -248,34 +255,38 @@ class Handler(BaseHTTPRequestHandler):
                     "default-src 'self'; img-src 'self'; style-src 'unsafe-inline'; script-src 'unsafe-inline' 'self'"},
                     head=self.command == "HEAD")
 
-    def latest(self, query):
+    def latest(self, query, cam=None):
         self._params(query, {})
-        snap = self.app.engine.latest
+        engine = (cam or self.app.default_camera).engine
+        snap = engine.latest
         if snap is None:
             raise BadRequest(503, "no frame processed yet", {"Retry-After": "1"})
         rec = dict(snap.record)
+        rec["camera"] = engine.name
         rec["age_ms"] = round((time.perf_counter() - snap.t_done) * 1e3, 1)
-        rec["fps"] = round(self.app.engine.fps, 2)
+        rec["fps"] = round(engine.fps, 2)
         self._json(200, rec)
 
-    def frame_jpg(self, query):
+    def frame_jpg(self, query, cam=None):
         p = self._params(query, {"view": self.app.views})
-        snap = self.app.engine.latest
+        engine = (cam or self.app.default_camera).engine
+        snap = engine.latest
         if snap is None:
             raise BadRequest(503, "no frame processed yet", {"Retry-After": "1"})
         view = p.get("view", "raw")
         img = snap.frame.image if view == "raw" else self.app.make_renderer(view).render(snap.frame.image, snap.result,
-                                                                                        self.app.engine.hud)
+                                                                                        engine.hud)
         ok, buf = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, self.app.cfg.jpeg_quality])
         self._reply(200, buf.tobytes(), "image/jpeg", {"X-Frame-Id": str(snap.frame.id)}, head=self.command == "HEAD")
 
-    def map_png(self, query):
-        maps = [m for m in MAPS if self.app.engine.latest is None or self.app.engine.latest.result.map(m) is not None]
+    def map_png(self, query, cam=None):
+        engine = (cam or self.app.default_camera).engine
+        maps = [m for m in MAPS if engine.latest is None or engine.latest.result.map(m) is not None]
         p = self._params(query, {"map": maps})
-        snap = self.app.engine.latest
+        snap = engine.latest
         if snap is None:
             raise BadRequest(503, "no frame processed yet", {"Retry-After": "1"})
-        name = p.get("map", self.app.engine.region_map)
+        name = p.get("map", engine.region_map)
         m = snap.result.map(name)
         if m is None:
             raise BadRequest(404, f"this model has no {name} map")
@@ -290,16 +301,36 @@ class Handler(BaseHTTPRequestHandler):
 
     def healthz(self, query):
         self._params(query, {})
-        ok, reason = self.app.engine.health()
+        ok, reason = self.app.health()
         self.app.metrics.healthy.set(1 if ok else 0)
-        self._json(200 if ok else 503, {"status": "ok" if ok else "unavailable", "reason": reason})
+        body = {"status": "ok" if ok else "unavailable", "reason": reason}
+        if len(self.app.cameras) > 1:
+            body["cameras"] = {n: dict(zip(("ok", "reason"), c.engine.health())) for n, c in self.app.cameras.items()}
+        self._json(200 if ok else 503, body)
 
-    def stream(self, query):
+    def cameras(self, query):
+        self._params(query, {})
+        self._json(200, {"default": self.app.default_camera.name,
+                         "cameras": [c.status() for c in self.app.cameras.values()]})
+
+    def _camera_route(self, m, query):
+        name = m.group(1) or m.group(3)
+        cam = self.app.cameras.get(name)
+        if cam is None:
+            self._discard_body()
+            raise BadRequest(404, f"no camera named {name!r}; cameras: {', '.join(self.app.cameras)}")
+        self._discard_body()
+        what = m.group(2) or m.group(4)
+        return {"stream.mjpg": Handler.stream, "latest": Handler.latest, "frame.jpg": Handler.frame_jpg,
+                "map.png": Handler.map_png}[what](self, query, cam)
+
+    def stream(self, query, cam=None):
+        cam = cam or self.app.default_camera
         p = self._params(query, {"view": self.app.views})
-        view = p.get("view", self.app.cfg.view)
+        view = p.get("view", cam.view)
         if self.command == "HEAD":
             return self._reply(200, b"", f"multipart/x-mixed-replace; boundary={BOUNDARY}", head=True)
-        enc = self.app.streams.try_attach(view)
+        enc = cam.streams.try_attach(view)
         if enc is None:
             raise BadRequest(503, f"too many viewers (max_viewers = {self.app.cfg.max_viewers})", {"Retry-After": "5"})
         try:
@@ -313,8 +344,8 @@ class Handler(BaseHTTPRequestHandler):
             self.app.metrics.http.labels("200").inc()
             self.connection.settimeout(SEND_TIMEOUT)
             sent = 0
-            counter = self.app.metrics.stream_frames.labels(view)
-            while not self.app.streams.closed.is_set() and not enc.closed:
+            counter = self.app.metrics.stream_frames.labels(cam.name, view)
+            while not cam.streams.closed.is_set() and not enc.closed:
                 item = enc.wait_newer(sent, timeout=0.5)
                 if item is None:
                     continue
@@ -415,4 +446,5 @@ GET_ROUTES = {
     "/api/map.png": Handler.map_png,
     "/metrics": Handler.metrics,
     "/healthz": Handler.healthz,
+    "/api/cameras": Handler.cameras,
 }
