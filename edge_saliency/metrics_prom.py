@@ -41,6 +41,12 @@ CAPTURE_COUNTERS = (
 
 class DaemonMetrics:
     def __init__(self, thermal_root: str = THERMAL_ROOT):
+        try:  # no `_created` series beside every counter and histogram (the daemon's process is ours)
+            from prometheus_client import disable_created_metrics
+
+            disable_created_metrics()
+        except ImportError:  # prometheus-client < 0.17
+            pass
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.inference = Histogram(f"{PREFIX}_inference_seconds", "model run time per frame (session.run)",
