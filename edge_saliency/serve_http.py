@@ -11,7 +11,8 @@ connection, which is what long-lived MJPEG viewers need).
     GET  /metrics               Prometheus text
     GET  /healthz               200 while frames are fresh, 503 with the reason
     GET  /api/cameras           the cameras (several per daemon: [cameras.NAME] in the config)
-    GET  /cameras/NAME/stream.mjpg, /api/cameras/NAME/latest | frame.jpg | map.png: the same per camera
+    GET  /cameras/NAME/ (page), /cameras/NAME/stream.mjpg, /api/cameras/NAME/latest | frame.jpg | map.png:
+                                the same per camera
                                 (the plain URLs above are the default camera's)
 
 Security: an optional bearer token guards everything but /healthz (header `Authorization: Bearer
@@ -42,7 +43,7 @@ log = logging.getLogger("edge_saliency")
 
 COOKIE = "edge_saliency_token"
 JOB_PATH = re.compile(r"/api/jobs/([0-9a-f]{16})(/map\.png)?")
-CAMERA_PATH = re.compile(r"/(?:cameras/([A-Za-z0-9_-]{1,32})/(stream\.mjpg)|api/cameras/([A-Za-z0-9_-]{1,32})/"
+CAMERA_PATH = re.compile(r"/(?:cameras/([A-Za-z0-9_-]{1,32})/(stream\.mjpg|)|api/cameras/([A-Za-z0-9_-]{1,32})/"
                          r"(latest|frame\.jpg|map\.png))")
 MAPS = ("smoe", "recipro", "fastcam")
 SEND_TIMEOUT = 10.0  # a viewer that takes nothing for this long is dropped
@@ -247,10 +248,12 @@ class Handler(BaseHTTPRequestHandler):
             out[name] = values[0]
         return out
 
-    def page(self, query):
+    def page(self, query, cam=None):
         self._params(query, {})
         app = self.app
-        body = render_page(app.views, app.cfg.view, app.engine.source.describe())
+        c = cam or app.default_camera
+        body = render_page(app.views, c.view, c.engine.source.describe(), camera=cam and cam.name,
+                           cameras=list(app.cameras))
         self._reply(200, body, "text/html; charset=utf-8", {"Content-Security-Policy":
                     "default-src 'self'; img-src 'self'; style-src 'unsafe-inline'; script-src 'unsafe-inline' 'self'"},
                     head=self.command == "HEAD")
@@ -320,8 +323,8 @@ class Handler(BaseHTTPRequestHandler):
             self._discard_body()
             raise BadRequest(404, f"no camera named {name!r}; cameras: {', '.join(self.app.cameras)}")
         self._discard_body()
-        what = m.group(2) or m.group(4)
-        return {"stream.mjpg": Handler.stream, "latest": Handler.latest, "frame.jpg": Handler.frame_jpg,
+        what = m.group(2) if m.group(1) else m.group(4)
+        return {"": Handler.page, "stream.mjpg": Handler.stream, "latest": Handler.latest, "frame.jpg": Handler.frame_jpg,
                 "map.png": Handler.map_png}[what](self, query, cam)
 
     def stream(self, query, cam=None):

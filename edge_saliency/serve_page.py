@@ -21,30 +21,32 @@ PAGE = """<!doctype html>
  .bar { background: #2a6; height: 10px; }
  #health.bad { color: #f66; } #health.ok { color: #6f6; }
  .muted { color: #999; }
+ nav a { color: #8cf; margin-right: 8px; } nav a.on { color: #fff; font-weight: bold; }
 </style></head>
 <body>
-<header><h1>edge-saliency</h1><span id="source" class="muted">__SOURCE__</span>
+<header><h1>edge-saliency</h1>__CAMERAS__<span id="source" class="muted">__SOURCE__</span>
  <span>FPS <b id="fps">-</b></span><span>latency <b id="latency">-</b> ms</span>
  <span>inference <b id="inference">-</b> ms</span><span id="health">-</span></header>
 <main>
  <div>
   <div id="views">__BUTTONS__</div>
-  <img id="stream" alt="live overlay" src="stream.mjpg?view=__VIEW__">
+  <img id="stream" alt="live overlay" src="__STREAM__?view=__VIEW__">
  </div>
  <div>
   <h2 style="font-size:15px">Top classes <span class="muted" id="frame"></span></h2>
   <table id="topk"></table>
   <p class="muted">salient region: <span id="box">-</span></p>
-  <p class="muted">JSON: <a href="api/latest">api/latest</a> · <a href="metrics">metrics</a> · <a href="healthz">healthz</a></p>
+  <p class="muted">JSON: <a href="__LATEST__">api/latest</a> · <a href="/metrics">metrics</a> · <a href="/healthz">healthz</a></p>
  </div>
 </main>
 <script>
 const VIEWS = __VIEWS__;
 let view = __VIEW_JSON__;
+const STREAM = __STREAM_JSON__, LATEST = __LATEST_JSON__;
 const img = document.getElementById('stream');
 function show(v) {
   view = v;
-  img.src = 'stream.mjpg?view=' + encodeURIComponent(v);
+  img.src = STREAM + '?view=' + encodeURIComponent(v);
   for (const b of document.querySelectorAll('#views button')) b.classList.toggle('on', b.dataset.view === v);
 }
 for (const b of document.querySelectorAll('#views button')) b.addEventListener('click', () => show(b.dataset.view));
@@ -52,7 +54,7 @@ show(view);
 function text(id, t) { document.getElementById(id).textContent = t; }
 async function poll() {
   try {
-    const r = await fetch('api/latest', {cache: 'no-store'});
+    const r = await fetch(LATEST, {cache: 'no-store'});
     if (r.ok) {
       const j = await r.json();
       text('fps', j.fps.toFixed(1));
@@ -70,7 +72,7 @@ async function poll() {
         tr.append(a, b, c); return tr;
       }));
     }
-    const h = await fetch('healthz', {cache: 'no-store'});
+    const h = await fetch('/healthz', {cache: 'no-store'});
     const hj = await h.json();
     const el = document.getElementById('health');
     el.textContent = h.ok ? 'healthy' : 'unhealthy: ' + hj.reason;
@@ -83,9 +85,21 @@ setInterval(poll, 700); poll();
 """
 
 
-def render_page(views: list[str], view: str, source: str) -> bytes:
+def render_page(views: list[str], view: str, source: str, camera: str | None = None,
+                cameras: list[str] | tuple = ()) -> bytes:
+    """camera: None for the default camera's page at / (plain URLs), else that camera's (/cameras/NAME/);
+    cameras: every camera's name, linked in the header when there are several."""
     buttons = "".join(f'<button type="button" data-view="{html.escape(v)}">{html.escape(v)}</button>' for v in views)
+    stream, latest = ("stream.mjpg", "api/latest") if camera is None else (
+        f"/cameras/{camera}/stream.mjpg", f"/api/cameras/{camera}/latest")
+    nav = ""
+    if len(cameras) > 1:
+        current = camera or cameras[0]
+        nav = "<nav>" + "".join(f'<a href="/cameras/{html.escape(c)}/"{" class=on" if c == current else ""}>'
+                                f'{html.escape(c)}</a>' for c in cameras) + "</nav>"
     page = (PAGE.replace("__BUTTONS__", buttons).replace("__SOURCE__", html.escape(source))
+            .replace("__CAMERAS__", nav).replace("__STREAM__", html.escape(stream)).replace("__LATEST__", html.escape(latest))
+            .replace("__STREAM_JSON__", json.dumps(stream)).replace("__LATEST_JSON__", json.dumps(latest))
             .replace("__VIEWS__", json.dumps(views)).replace("__VIEW_JSON__", json.dumps(view))
             .replace("__VIEW__", html.escape(view)))
     return page.encode("utf-8")

@@ -61,6 +61,11 @@ def test_two_cameras_one_dies_the_other_goes_on(lite0_model):
             assert "heatmap" in d.cameras["door"].streams._encoders
         finally:
             s.close()
+        page = request(d, "GET", "/cameras/yard/")[2].decode()
+        assert 'src="/cameras/yard/stream.mjpg?view=fastcam"' in page and '"/api/cameras/yard/latest"' in page
+        assert '<a href="/cameras/door/">door</a>' in page and 'href="/cameras/yard/" class=on' in page
+        page = request(d, "GET", "/")[2].decode()
+        assert 'src="stream.mjpg?view=heatmap"' in page and 'href="/cameras/door/" class=on' in page
         for path in ("/cameras/attic/stream.mjpg", "/api/cameras/attic/latest", "/api/cameras/../latest"):
             assert request(d, "GET", path)[0] == 404, path
 
@@ -157,3 +162,25 @@ def test_a_camera_source_that_names_nothing_stops_the_start_naming_the_camera(tm
     p = serve(["--config", "c.toml"], tmp_path)
     assert p.returncode == 2 and "Traceback" not in p.stderr, p.stderr
     assert p.stderr.strip().splitlines()[-1].startswith("edge-saliency: error: camera 'b': --source '/no/such/video.mp4'")
+
+
+def test_example_config_documents_every_camera_and_mqtt_key():
+    import re
+    import tomllib
+    from pathlib import Path
+
+    from edge_saliency.serve_cameras import CAMERA_OPTIONS, parse_cameras_table
+    from edge_saliency.serve_mqtt import MQTT_OPTIONS, parse_mqtt_table
+
+    text = (Path(__file__).resolve().parents[1] / "deploy" / "config.example.toml").read_text()
+    tail = text[text.index("# ---- several cameras"):]
+    uncommented = "\n".join(re.sub(r"^# ?", "", ln) if re.match(r"^# ?(\[|[a-z_]+ = )", ln) else ln
+                            for ln in tail.splitlines())
+    tables = tomllib.loads(uncommented)
+    assert set(tables["mqtt"]) == set(MQTT_OPTIONS)
+    assert set(CAMERA_OPTIONS) - {"loop", "stale_after"} <= set(tables["cameras"]["door"])
+    assert "loop" in tail and "stale_after" in tail
+    cams = parse_cameras_table(tables["cameras"], "[cameras]")
+    assert cams["door"]["rate"] == 5 and cams["yard"]["source"] == "/dev/video2"
+    mq = {k: v for k, v in tables["mqtt"].items() if not k.endswith("_file")}
+    assert parse_mqtt_table(mq, "[mqtt]", env={})["host"] == "broker.local"

@@ -158,6 +158,19 @@ def test_broker_killed_and_restarted_publishing_resumes_and_the_loop_never_stall
         sub.close()
 
 
+def test_each_camera_publishes_on_its_own_topic(lite0_model, broker):
+    sub = Subscriber(broker.port, "test/es/#")
+    try:
+        cams = {"door": {"source": "synthetic"}, "yard": {"source": "synthetic"}}
+        with running(lite0_model, tables={"cameras": cams, "mqtt": mqtt_table(broker, rate=5)}):
+            for cam in cams:
+                assert wait_for(lambda: len(sub.on(f"test/es/{cam}/result")) >= 2, 60), cam
+                assert all(r["camera"] == cam for r in sub.results(f"test/es/{cam}/result"))
+        assert not sub.on("test/es/default/result")
+    finally:
+        sub.close()
+
+
 def test_last_will_offline_when_the_daemon_is_killed(lite0_onnx, broker, tmp_path):
     from test_serve_process import env_for
 
