@@ -337,9 +337,14 @@ def measure(variants: list[Variant], frame: np.ndarray, runs: int, warmup: int, 
         except (UserError, RuntimeError, Exception) as exc:  # one variant failing must not end the run
             v.status = f"error: {str(exc).splitlines()[0][:120]}"
     live = [v for v in live if v.status == "ok"]
-    for _ in range(warmup):
-        for v in live:
-            v.model.predict(frame)
+    for _ in range(max(1, warmup)):  # a variant that cannot run a frame is reported, the others go on
+        for v in list(live):
+            try:
+                v.model.predict(frame)
+            except Exception as exc:
+                v.status = f"error: {type(exc).__name__}: {str(exc).splitlines()[0][:100] if str(exc) else ''}"
+                v.model = None
+                live.remove(v)
     for v in live:  # warm-up does not count
         v.cpu_s = v.wall_s = 0.0
     for i in range(runs):
@@ -395,7 +400,7 @@ def table(rows: list[dict]) -> str:
     batch = next((r["batch"]["size"] for r in rows if r.get("batch", {}).get("size")), None)
     head = (f"{'Variant':<30} {'Status':<7} {'Size(MB)':>8} {'Load(s)':>7} {'p50(ms)':>8} {'p90(ms)':>8} "
             f"{'p99(ms)':>8} {'max(ms)':>8} {'FPS':>6} {'Overhead':>8} {'pre(ms)':>7} {'render(ms)':>10} {'CPU%':>5}"
-            f" {'Top1=fp32':>9} {'r min':>6} {'r mean':>6}" + (f" {f'img/s@{batch}':>10}" if batch else ""))
+            f" {'Top1=fp32':>9} {'r min':>7} {'r mean':>7}" + (f" {f'img/s@{batch}':>10}" if batch else ""))
     lines = [head, "-" * len(head)]
     for r in rows:
         size = f"{r['size_mb']:.1f}" if r.get("size_mb") else "-"
@@ -408,15 +413,15 @@ def table(rows: list[dict]) -> str:
         cpu = f"{r['cpu_percent']:.0f}" if r.get("cpu_percent") is not None else "-"
         acc = r.get("accuracy") or {}
         top1 = f"{acc['top1_matches']}/{acc['images']}" if acc.get("images") else "-"
-        rmin = f"{acc['map_r_min']:.4f}" if acc.get("map_r_min") is not None else "-"
-        rmean = f"{acc['map_r_mean']:.4f}" if acc.get("map_r_mean") is not None else "-"
+        rmin = f"{acc['map_r_min']:.5f}" if acc.get("map_r_min") is not None else "-"
+        rmean = f"{acc['map_r_mean']:.5f}" if acc.get("map_r_mean") is not None else "-"
         thr = ""
         if batch:
             b = r.get("batch") or {}
             thr = f" {b['images_per_s']:>10.1f}" if "images_per_s" in b else f" {'✗':>10}"
         lines.append(f"{r['variant']:<30} {'✓':<7} {size:>8} {r['load_s']:>7.2f} {i['p50']:>8.2f} {i['p90']:>8.2f} "
                      f"{i['p99']:>8.2f} {i['max']:>8.2f} {r['fps']:>6.1f} {over:>8} {r['preprocess_ms_p50']:>7.2f} "
-                     f"{render:>10} {cpu:>5} {top1:>9} {rmin:>6} {rmean:>6}{thr}")
+                     f"{render:>10} {cpu:>5} {top1:>9} {rmin:>7} {rmean:>7}{thr}")
     return "\n".join(lines)
 
 

@@ -279,8 +279,8 @@ def test_bench_rows_report_accuracy_against_fp32_and_batch_throughput(lite0_onnx
     from edge_saliency.cli import main
 
     js = tmp_path / "b.json"
-    rc = main(["bench", "--model", str(lite0_onnx), "--provider", "cpu", "--threads", "1", "--precision", "fp32,fp16",
-               "--runs", "10", "--warmup", "1", "--no-plain", "--batch", "3", "--cache", str(tmp_path / "cache"),
+    rc = main(["bench", "--model", str(lite0_onnx), "--engine", "onnxruntime", "--provider", "cpu", "--threads", "1",
+               "--precision", "fp32,fp16", "--runs", "10", "--warmup", "1", "--no-plain", "--batch", "3", "--cache", str(tmp_path / "cache"),
                "--json", str(js)])
     assert rc == 0
     out = capsys.readouterr().out

@@ -158,6 +158,26 @@ def test_broker_killed_and_restarted_publishing_resumes_and_the_loop_never_stall
         sub.close()
 
 
+def test_a_frozen_broker_does_not_hold_up_the_frame_loop(lite0_model, broker):
+    """SIGSTOP: the broker keeps the TCP connection open but reads nothing (a hung broker, a dead link)."""
+    sub = Subscriber(broker.port, "test/es/#")
+    try:
+        with running(lite0_model, tables={"mqtt": mqtt_table(broker, rate=0, qos=1, queue_size=10,
+                                                             overlay="overlay", overlay_rate=0)}) as d:
+            assert wait_for(lambda: len(sub.on("test/es/default/result")) >= 3, 60)
+            broker.proc.send_signal(signal.SIGSTOP)
+            try:
+                seq0 = d.engine.latest.seq
+                assert wait_for(lambda: d.engine.latest.seq >= seq0 + 15, 30), "the frame loop stalled"
+                assert d.engine.health()[0]
+            finally:
+                broker.proc.send_signal(signal.SIGCONT)
+            frame = d.engine.latest.frame.id
+            assert wait_for(lambda: any(r["frame"] > frame for r in sub.results("test/es/default/result")), 30)
+    finally:
+        sub.close()
+
+
 def test_each_camera_publishes_on_its_own_topic(lite0_model, broker):
     sub = Subscriber(broker.port, "test/es/#")
     try:
