@@ -128,7 +128,7 @@ def _options() -> list[Option]:
 
 OPTIONS: dict[str, Option] = {}
 
-# Tables beside the top-level keys: name -> (default, parser(raw table, where) -> value). Their
+# Tables beside the top-level keys: name -> (default, parser(raw table, where, env=...) -> value). Their
 # keys are checked like the top-level ones (check_table); the parsers live with what they configure.
 TABLES: dict[str, tuple[Any, Callable[[dict, str], Any]]] = {}
 
@@ -277,7 +277,7 @@ def load_config(path: str | os.PathLike | None = None, cli: dict | None = None, 
             if key in tables():
                 if not isinstance(value, dict):
                     raise ConfigError(f"{path}: {key!r} must be a table ([{key}]), got {value!r:.60}")
-                values[key] = tables()[key][1](value, f"{path}: [{key}]")
+                values[key] = tables()[key][1](value, f"{path}: [{key}]", env=env)
                 origin[key] = str(path)
                 continue
             if key not in opts:

@@ -8,8 +8,11 @@ region), arranged for a service: an inference thread keeps the newest result (se
 MJPEG encoders render it per view for any number of viewers (serve_streams), a worker runs slower
 explanations on request (serve_jobs), and one HTTP port serves it all (serve_http), with
 Prometheus metrics (metrics_prom). Settings come from one TOML file with CLI flags on top
-(config). Under systemd (Type=notify) it says READY=1 once serving, pings the watchdog only while
-frames are captured and inferred (so a hung camera or inference gets the service restarted) and
+(config). Several cameras share the one model session, each with its own capture, inference
+thread and streams (serve_cameras: `[cameras.NAME]` tables), and results can go to an MQTT broker
+too (serve_mqtt: `[mqtt]`). Under systemd (Type=notify) it says READY=1 once serving, pings the watchdog only while
+frames are captured and inferred (so a hung camera or inference gets the service restarted; with
+several cameras, while any of them progresses: one dead camera reconnects on its own) and
 STOPPING=1 on the way out (sdnotify).
 
 SIGTERM/SIGINT: stop accepting connections, finish the frame in hand, close the streams, exit 0

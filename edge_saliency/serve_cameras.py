@@ -55,7 +55,7 @@ class CameraSpec:
     stale_after: float | None
 
 
-def parse_cameras_table(raw: dict, where: str) -> dict:
+def parse_cameras_table(raw: dict, where: str, env=None) -> dict:
     """[cameras.NAME] tables -> {name: {key: value}} (None for keys that follow the top level)."""
     from edge_saliency.render import VIEWS
 

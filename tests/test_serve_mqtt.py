@@ -273,3 +273,16 @@ def test_mqtt_config_errors_are_one_line_naming_the_key(tmp_path, table, words):
     lines = p.stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in p.stderr, p.stderr
     assert words in lines[0], lines[0]
+
+
+def test_mqtt_password_from_the_environment_and_defaults(tmp_path):
+    from edge_saliency.config import load_config
+
+    (tmp_path / "c.toml").write_text('[mqtt]\nhost = "broker.lan"\nusername = "cam"\ntls = true\n')
+    cfg = load_config(tmp_path / "c.toml", env={"EDGE_SALIENCY_MQTT_PASSWORD": "from-env"})
+    m = cfg.mqtt
+    assert m["password"] == "from-env" and m["port"] == 8883  # TLS default port
+    assert m["prefix"] == "edge-saliency" and m["qos"] == 0 and m["rate"] == 2.0 and m["overlay"] == "none"
+    assert m["client_id"].startswith("edge-saliency-")
+    assert load_config(tmp_path / "c.toml", env={}).mqtt["password"] is None
+    assert load_config(None, env={}).mqtt is None and load_config(None, env={}).cameras == {}
