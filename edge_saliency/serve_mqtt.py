@@ -13,6 +13,10 @@ Topics:
                               rendered overlay as JPEG or PNG bytes, at most `overlay_rate` a second
   <prefix>/availability       "online" (retained) once connected; "offline" (retained) on a clean
                               stop, and from the broker as the last will when the daemon dies
+  <discovery_prefix>/...      with `discovery = true`: Home Assistant MQTT discovery configs
+                              (retained, sent on every connect): per camera a class sensor (the
+                              whole result as its attributes), a score sensor and, with overlay, a
+                              camera entity, grouped under one device
 
 Never in the way of the frame loop: the inference thread only appends the snapshot to a bounded
 queue (the oldest entry is dropped when it is full, counted in
@@ -93,6 +97,8 @@ MQTT_OPTIONS = {o.name: o for o in [
     Option("reconnect_min", float, 0.5, "first reconnect delay, seconds (doubles up to reconnect_max)",
            _range(0.05, 600)),
     Option("reconnect_max", float, 30.0, "longest reconnect delay, seconds", _range(0.1, 3600)),
+    Option("discovery", bool, False, "publish Home Assistant MQTT discovery configs (retained) on every connect"),
+    Option("discovery_prefix", str, "homeassistant", "Home Assistant's discovery prefix", _topic_prefix_check),
 ]}
 
 
@@ -121,6 +127,33 @@ def parse_mqtt_table(raw: dict, where: str, env=None) -> dict:
     if cfg["client_id"] is None:
         cfg["client_id"] = re.sub(r"[^A-Za-z0-9_-]", "-", f"edge-saliency-{socket.gethostname()}")[:64]
     return cfg
+
+
+def discovery_configs(cfg: dict, cameras: dict, model, version: str) -> list[tuple[str, dict]]:
+    """[(topic, payload)] of the Home Assistant MQTT discovery configs:
+    <discovery_prefix>/<component>/<node_id>/<object_id>/config."""
+    node = re.sub(r"[^A-Za-z0-9_-]", "_", cfg["client_id"])
+    prefix, dp = cfg["prefix"], cfg["discovery_prefix"]
+    avail = {"availability_topic": f"{prefix}/{AVAILABILITY}", "payload_available": "online",
+             "payload_not_available": "offline"}
+    device = {"identifiers": [node], "name": f"edge-saliency {node}", "manufacturer": "edge-saliency",
+              "model": f"{model.info.arch} ({model.engine_name}, {model.provider})", "sw_version": version}
+    out = []
+    for cam in cameras:
+        result = f"{prefix}/{cam}/result"
+        out.append((f"{dp}/sensor/{node}/{cam}_class/config", {
+            "name": f"{cam} class", "unique_id": f"{node}_{cam}_class", "state_topic": result,
+            "value_template": "{{ value_json.label }}", "json_attributes_topic": result, "icon": "mdi:eye",
+            **avail, "device": device}))
+        out.append((f"{dp}/sensor/{node}/{cam}_score/config", {
+            "name": f"{cam} score", "unique_id": f"{node}_{cam}_score", "state_topic": result,
+            "value_template": "{{ (value_json.score * 100) | round(1) }}", "unit_of_measurement": "%",
+            "state_class": "measurement", **avail, "device": device}))
+        if cfg["overlay"] != "none":
+            out.append((f"{dp}/camera/{node}/{cam}_overlay/config", {
+                "name": f"{cam} saliency", "unique_id": f"{node}_{cam}_overlay", "topic": f"{prefix}/{cam}/overlay",
+                **avail, "device": device}))
+    return out
 
 
 def result_payload(camera: str, snap, model, engine_name: str) -> dict:
@@ -223,6 +256,11 @@ class MqttPublisher:
         self.m_connects.inc()
         self.m_connected.set(1)
         client.publish(self.availability_topic, "online", qos=max(1, self.cfg["qos"]), retain=True)
+        if self.cfg["discovery"]:
+            from edge_saliency import __version__
+
+            for topic, payload in discovery_configs(self.cfg, self.daemon.cameras, self.daemon.model, __version__):
+                client.publish(topic, json.dumps(payload, separators=(",", ":")), qos=1, retain=True)
         log.info("MQTT connected to %s:%d%s; publishing on %s/<camera>/result", self.cfg["host"], self.cfg["port"],
                  " (again)" if self.connects > 1 else "", self.prefix)
         self._warned_down = False

@@ -286,3 +286,29 @@ def test_mqtt_password_from_the_environment_and_defaults(tmp_path):
     assert m["client_id"].startswith("edge-saliency-")
     assert load_config(tmp_path / "c.toml", env={}).mqtt["password"] is None
     assert load_config(None, env={}).mqtt is None and load_config(None, env={}).cameras == {}
+
+
+def test_home_assistant_discovery_configs(lite0_model, broker):
+    sub = Subscriber(broker.port, "ha/#")
+    try:
+        cams = {"door": {"source": "synthetic"}, "yard": {"source": "synthetic"}}
+        table = mqtt_table(broker, discovery=True, discovery_prefix="ha", client_id="kitchen-pi", overlay="overlay")
+        with running(lite0_model, tables={"cameras": cams, "mqtt": table}):
+            assert wait_for(lambda: len(sub.messages) >= 6, 30), sub.messages
+        configs = {m[0]: json.loads(m[1]) for m in sub.messages}
+        assert set(configs) == {f"ha/{kind}/kitchen-pi/{cam}_{obj}/config" for cam in cams
+                                for kind, obj in (("sensor", "class"), ("sensor", "score"), ("camera", "overlay"))}
+        label = configs["ha/sensor/kitchen-pi/door_class/config"]
+        assert label["state_topic"] == label["json_attributes_topic"] == "test/es/door/result"
+        assert label["value_template"] == "{{ value_json.label }}"
+        assert label["availability_topic"] == "test/es/availability" and label["payload_not_available"] == "offline"
+        assert label["device"]["identifiers"] == ["kitchen-pi"] and "efficientnet_lite0" in label["device"]["model"]
+        assert configs["ha/camera/kitchen-pi/yard_overlay/config"]["topic"] == "test/es/yard/overlay"
+        assert len({c["unique_id"] for c in configs.values()}) == 6
+    finally:
+        sub.close()
+    late = Subscriber(broker.port, "ha/#")  # retained: Home Assistant finds them when it (re)starts
+    try:
+        assert wait_for(lambda: len(late.messages) >= 6, 10) and all(m[2] for m in late.messages)
+    finally:
+        late.close()
