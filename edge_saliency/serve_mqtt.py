@@ -250,7 +250,10 @@ class MqttPublisher:
     # ------------------------------------------------------------------ paho callbacks (its network thread)
     def _on_connect(self, client, userdata, flags, reason_code, properties=None):
         if getattr(reason_code, "is_failure", False):
-            log.warning("MQTT broker %s:%d refused the connection: %s", self.cfg["host"], self.cfg["port"], reason_code)
+            if not self._warned_down:  # once per outage, not on every retry
+                log.warning("MQTT broker %s:%d refused the connection: %s; retrying (every %g..%g s)", self.cfg["host"],
+                            self.cfg["port"], reason_code, self.cfg["reconnect_min"], self.cfg["reconnect_max"])
+                self._warned_down = True
             return
         self.connects += 1
         self.m_connects.inc()
