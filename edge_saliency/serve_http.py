@@ -6,7 +6,7 @@ connection, which is what long-lived MJPEG viewers need).
     GET  /api/latest            JSON of the newest result
     GET  /api/frame.jpg?view=V  the newest frame as JPEG (view raw by default)
     GET  /api/map.png?map=M     the newest saliency map (smoe | recipro | fastcam), 8-bit PNG
-    POST /api/explain           {"method": ..., "class": ...} -> 202 {"job": id}
+    POST /api/explain           {"method": ..., "class": ..., "camera": ...} -> 202 {"job": id}
     GET  /api/jobs/<id>         a job's state and result; /api/jobs/<id>/map.png its map
     GET  /metrics               Prometheus text
     GET  /healthz               200 while frames are fresh, 503 with the reason
@@ -395,10 +395,14 @@ class Handler(BaseHTTPRequestHandler):
                 raise BadRequest(400, f"body is not valid JSON: {str(exc)[:120]}") from None
             if not isinstance(params, dict):
                 raise BadRequest(400, "body must be a JSON object like {\"method\": \"rise\", \"class\": 285}")
-        unknown = set(params) - {"method", "class"}
+        unknown = set(params) - {"method", "class", "camera"}
         if unknown:
-            raise BadRequest(400, f"unknown field {sorted(unknown)[0]!r}; allowed: method, class")
+            raise BadRequest(400, f"unknown field {sorted(unknown)[0]!r}; allowed: method, class, camera")
         app = self.app
+        cam_name = params.get("camera")
+        if cam_name is not None and (not isinstance(cam_name, str) or cam_name not in app.cameras):
+            raise BadRequest(400, f"no camera named {str(cam_name)[:40]!r}; cameras: {', '.join(app.cameras)}")
+        cam = app.camera(cam_name)
         method = params.get("method", app.jobs.methods[0] if "fastcam" not in app.jobs.methods else "fastcam")
         if not isinstance(method, str):
             raise BadRequest(400, "method must be a string")
@@ -418,7 +422,7 @@ class Handler(BaseHTTPRequestHandler):
                     raise BadRequest(400, f"no class named {cls[:60]!r}")
                 class_index = low.index(cls.lower())
         try:
-            job = app.jobs.submit(method, class_index, app.engine.latest)
+            job = app.jobs.submit(method, class_index, cam.engine.latest)
         except JobRejected as exc:
             raise BadRequest(exc.status, str(exc), {"Retry-After": "2"} if exc.status in (429, 503) else None) from None
         self._json(202, {"job": job.id, "state": job.state, "url": f"/api/jobs/{job.id}"},

@@ -3,6 +3,7 @@ thread each, per-camera URLs and metric labels, and one camera dying (or never o
 others go on; the single-camera URLs stay the default camera's."""
 from __future__ import annotations
 
+import json
 import threading
 
 import pytest
@@ -66,6 +67,16 @@ def test_two_cameras_one_dies_the_other_goes_on(lite0_model):
         assert '<a href="/cameras/door/">door</a>' in page and 'href="/cameras/yard/" class=on' in page
         page = request(d, "GET", "/")[2].decode()
         assert 'src="stream.mjpg?view=heatmap"' in page and 'href="/cameras/door/" class=on' in page
+        status, _, body = request(d, "POST", "/api/explain", json.dumps({"method": "fastcam", "camera": "yard"}),
+                                  {"Content-Type": "application/json"})
+        assert status == 202
+        job = json.loads(body)["url"]
+        done = wait_for(lambda: (lambda j: j if j["state"] in ("done", "failed") else None)(get_json(d, job)[1]), 60)
+        assert done["state"] == "done"
+        assert d.jobs.get(done["id"]).snapshot.frame.image.shape[:2] == (480, 640)  # yard's frame, not door's 320x240
+        status, _, body = request(d, "POST", "/api/explain", json.dumps({"camera": "attic"}),
+                                  {"Content-Type": "application/json"})
+        assert status == 400 and b"no camera named 'attic'" in body
         for path in ("/cameras/attic/stream.mjpg", "/api/cameras/attic/latest", "/api/cameras/../latest"):
             assert request(d, "GET", path)[0] == 404, path
 
