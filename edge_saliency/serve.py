@@ -68,8 +68,9 @@ class Daemon:
                 raise UserError(f"{where}: {exc}") from None
         self.views = Renderer(outputs=model.outputs, view="raw").views
         self.metrics.set_build_info(__version__, model.info.arch, model.engine_name, model.provider)
-        # one model session for every camera; OpenVINO's one infer request takes one frame at a time
-        shared = SerialModel(model) if len(specs) > 1 and model.engine_name == "openvino" else model
+        # one model session for every camera and the explain jobs; OpenVINO's one infer request takes one
+        # frame at a time
+        shared = SerialModel(model) if model.engine_name == "openvino" else model
         self.cameras: dict[str, Camera] = {}
         self._unopened: set[str] = set()
         opened = []
@@ -98,10 +99,15 @@ class Daemon:
         if cfg.mqtt is not None:
             from edge_saliency.serve_mqtt import MqttPublisher
 
-            self.mqtt = MqttPublisher(cfg.mqtt, self, registry=self.metrics.registry)
+            try:
+                self.mqtt = MqttPublisher(cfg.mqtt, self, registry=self.metrics.registry)
+            except BaseException:
+                for src in opened:
+                    src.release()
+                raise
             for cam in self.cameras.values():
                 cam.engine.listeners.append(self.mqtt.offer)
-        self.jobs = ExplainJobs(model, queue_size=cfg.explain_queue, keep=cfg.jobs_kept, budget=cfg.explain_budget,
+        self.jobs = ExplainJobs(shared, queue_size=cfg.explain_queue, keep=cfg.jobs_kept, budget=cfg.explain_budget,
                                 metrics=self.metrics)
         host, port = cfg.host_port
         try:

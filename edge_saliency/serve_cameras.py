@@ -118,11 +118,12 @@ class Camera:
 
 
 class SerialModel:
-    """A model whose predict calls are serialised (an OpenVINO compiled model with one infer request)."""
+    """A model whose runs are serialised: OpenVINO's compiled model has one infer request, which two
+    threads (cameras, explain jobs) must not use at once. ONNX Runtime's session needs no lock."""
 
     def __init__(self, model):
         self._model = model
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
 
     def predict(self, *a, **kw):
         with self._lock:
@@ -131,6 +132,10 @@ class SerialModel:
     def predict_batch(self, *a, **kw):
         with self._lock:
             return self._model.predict_batch(*a, **kw)
+
+    def run(self, *a, **kw):
+        with self._lock:
+            return self._model.run(*a, **kw)
 
     def __getattr__(self, name):
         return getattr(self._model, name)

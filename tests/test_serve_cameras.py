@@ -195,3 +195,58 @@ def test_example_config_documents_every_camera_and_mqtt_key():
     assert cams["door"]["rate"] == 5 and cams["yard"]["source"] == "/dev/video2"
     mq = {k: v for k, v in tables["mqtt"].items() if not k.endswith("_file")}
     assert parse_mqtt_table(mq, "[mqtt]", env={})["host"] == "broker.local"
+
+
+def test_serial_model_lets_one_thread_in_at_a_time():
+    import time
+
+    from edge_saliency.serve_cameras import SerialModel
+
+    class Fake:
+        inside = peak = 0
+        labels = ["a"]
+
+        def _enter(self):
+            Fake.inside += 1
+            Fake.peak = max(Fake.peak, Fake.inside)
+            time.sleep(0.01)
+            Fake.inside -= 1
+            return "ok"
+
+        def predict(self, *a, **kw):
+            return self._enter()
+
+        def run(self, *a, **kw):
+            return self._enter()
+
+    m = SerialModel(Fake())
+    threads = [threading.Thread(target=lambda: [m.predict(None) if i % 2 else m.run(None) for i in range(5)])
+               for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert Fake.peak == 1 and m.labels == ["a"]
+
+
+def test_openvino_cameras_and_explain_jobs_share_one_serialised_model(lite0_onnx):
+    pytest.importorskip("openvino", reason="openvino not installed: pip install 'edge-saliency[openvino]'")
+    from edge_saliency.model import SaliencyModel
+    from edge_saliency.serve_cameras import SerialModel
+
+    model = SaliencyModel(lite0_onnx, threads=1, engine="openvino")
+    cams = {"a": {"source": "synthetic"}, "b": {"source": "synthetic"}}
+    with running(model, tables={"cameras": cams}) as d:
+        assert isinstance(d.cameras["a"].engine.model, SerialModel)
+        assert d.cameras["a"].engine.model is d.cameras["b"].engine.model is d.jobs.model
+        assert wait_for(lambda: seq(d, "a") >= 3 and seq(d, "b") >= 3, 60)
+        status, _, body = request(d, "POST", "/api/explain", json.dumps({"method": "rise", "camera": "b"}),
+                                  {"Content-Type": "application/json"})
+        assert status == 202
+        job = json.loads(body)["url"]
+        done = wait_for(lambda: (lambda j: j if j["state"] in ("done", "failed") else None)(get_json(d, job)[1]), 90)
+        assert done["state"] == "done", done
+        s0 = seq(d, "a")
+        assert wait_for(lambda: seq(d, "a") >= s0 + 3, 30)
+        text = request(d, "GET", "/metrics")[2].decode()
+        assert metric_value(text, "edge_saliency_build_info", {"engine": "openvino"}) == 1
