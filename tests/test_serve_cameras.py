@@ -250,3 +250,24 @@ def test_openvino_cameras_and_explain_jobs_share_one_serialised_model(lite0_onnx
         assert wait_for(lambda: seq(d, "a") >= s0 + 3, 30)
         text = request(d, "GET", "/metrics")[2].decode()
         assert metric_value(text, "edge_saliency_build_info", {"engine": "openvino"}) == 1
+
+
+def test_a_video_camera_that_ends_leaves_the_live_one_running(lite0_model, tmp_path):
+    from edge_saliency.sources import SyntheticSource
+
+    video = tmp_path / "short.mp4"
+    gen = SyntheticSource("synthetic", fps=30.0, size=(320, 240))
+    gen.open()
+    gen.write_video(video, 20)
+    cams = {"live": {"source": "synthetic"}, "clip": {"source": str(video), "loop": False, "realtime": False}}
+    with running(lite0_model, tables={"cameras": cams}) as d:
+        assert d.cameras["clip"].engine.loop is False and d.cameras["live"].engine.loop is True
+        assert wait_for(lambda: not d.cameras["clip"].engine.health()[0] and seq(d, "clip") > 0, 60)
+        ok, reason = d.cameras["clip"].engine.health()
+        assert "ended" in reason, reason
+        assert 0 < seq(d, "clip") <= 20  # every frame of the clip at most once, then nothing
+        s0 = seq(d, "live")
+        assert wait_for(lambda: seq(d, "live") >= s0 + 10, 30)
+        assert d.cameras["live"].engine.health()[0]
+        status, body = get_json(d, "/healthz")
+        assert status == 503 and "camera clip" in body["reason"] and "end of file" in body["reason"]
