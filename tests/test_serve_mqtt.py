@@ -1,7 +1,8 @@
 """The daemon's MQTT publisher against a real broker (Debian's mosquitto, started here on a free
 loopback port with its own config file): result JSON and overlay images on their topics, the
-availability topic and its last will, the rate limit, a broker killed and restarted mid-run while
-the frame loop goes on, TLS with a password, and the [mqtt] keys checked like the others."""
+availability topic and its last will, the rate limit, a broker killed and restarted mid-run and a
+frozen (SIGSTOP) broker while the frame loop goes on, per-camera topics, Home Assistant discovery,
+TLS with a password, and the [mqtt] keys checked like the others."""
 from __future__ import annotations
 
 import json
