@@ -313,3 +313,13 @@ def test_home_assistant_discovery_configs(lite0_model, broker):
         assert wait_for(lambda: len(late.messages) >= 6, 10) and all(m[2] for m in late.messages)
     finally:
         late.close()
+
+
+def test_without_paho_an_mqtt_table_is_one_clear_error(lite0_model, monkeypatch):
+    from edge_saliency.errors import UserError
+
+    for name in ("paho", "paho.mqtt", "paho.mqtt.client"):
+        monkeypatch.setitem(sys.modules, name, None)  # import fails as if it were not installed
+    with pytest.raises(UserError, match=r"the \[mqtt\] table needs paho-mqtt: pip install 'edge-saliency\[mqtt\]'"):
+        with running(lite0_model, tables={"mqtt": {"host": "127.0.0.1", "port": 1}}):
+            pass
