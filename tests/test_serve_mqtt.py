@@ -107,7 +107,8 @@ def test_rate_limits_results_and_map_images_are_png(lite0_model, broker):
     sub = Subscriber(broker.port, "test/es/#")
     try:
         with running(lite0_model, realtime="false",
-                     tables={"mqtt": mqtt_table(broker, rate=2, overlay="map", overlay_format="png", overlay_rate=1)}) as d:
+                     tables={"mqtt": mqtt_table(broker, rate=2, overlay="map", overlay_format="png", overlay_rate=1,
+                                                retain=True)}) as d:
             assert wait_for(lambda: len(sub.on("test/es/default/result")) >= 2, 60)
             t0, n0, seq0 = time.monotonic(), len(sub.on("test/es/default/result")), d.engine.latest.seq
             time.sleep(3.0)
@@ -122,6 +123,14 @@ def test_rate_limits_results_and_map_images_are_png(lite0_model, broker):
             assert png[:8] == b"\x89PNG\r\n\x1a\n"
             m = cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_UNCHANGED)
             assert m.ndim == 2 and m.shape == d.engine.latest.result.smoe.shape
+        # retain = true: a subscriber that comes later still gets the last result and image at once
+        late = Subscriber(broker.port, "test/es/default/#")
+        try:
+            assert wait_for(lambda: late.on("test/es/default/result") and late.on("test/es/default/overlay"), 10)
+            assert all(m[2] for m in late.messages)  # delivered as retained messages
+            assert late.results("test/es/default/result")[-1]["frame"] == sub.results("test/es/default/result")[-1]["frame"]
+        finally:
+            late.close()
     finally:
         sub.close()
 
