@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test browser x11 bench clean
+.PHONY: demo test browser x11 tools bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/edge-saliency run
 
-test: $(STAMP) browser x11
+test: $(STAMP) browser x11 tools
 	$(BIN)/python -m pytest -q
 
 # Debian's Chromium and ChromeDriver for the daemon's browser test (tests/test_serve_browser.py).
@@ -41,6 +41,19 @@ x11:
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq xvfb xdotool x11-apps >/dev/null) \
 	  || echo "note: could not install xvfb/xdotool: the window test will be skipped"; \
 	else echo "note: xvfb/xdotool/xwd not installed: the window test will be skipped"; fi
+
+# Debian's mosquitto (MQTT broker), promtool (package prometheus) and openssl for the daemon's MQTT and
+# metrics tests (tests/test_serve_mqtt.py, tests/test_serve_metrics.py); the tests also try this
+# themselves and skip, saying why, where it is impossible.
+tools:
+	@if command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ]; then mq=1; else mq=; fi; \
+	if [ -n "$$mq" ] && command -v promtool >/dev/null && command -v openssl >/dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  echo "installing mosquitto, prometheus (promtool) and openssl (apt-get) for the MQTT and metrics tests"; \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+	     mosquitto prometheus openssl >/dev/null) \
+	  || echo "note: could not install mosquitto/prometheus: the MQTT and promtool tests will be skipped"; \
+	else echo "note: mosquitto/promtool not installed: the MQTT and promtool tests will be skipped"; fi
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/export_overhead.py

@@ -50,8 +50,9 @@ def get(host, port, path, timeout=10.0):
 
 
 def metric(text: str, name: str) -> float | None:
-    m = re.search(rf"^{re.escape(name)} ([0-9.e+-]+)$", text, re.M)
-    return float(m.group(1)) if m else None
+    """The value of a series (summed over its labels: per-camera series carry camera="...")."""
+    vals = re.findall(rf"^{re.escape(name)}(?:\{{[^}}]*\}})? ([0-9.e+-]+)$", text, re.M)
+    return sum(float(v) for v in vals) if vals else None
 
 
 def scrape(host, port):

@@ -13,6 +13,18 @@ Overhead of the saliency maps: each variant is also run as a **plain** model, th
 the saliency outputs and every node only they need pruned away (onnx), so the ratio is what the
 maps cost. (Asking ORT for fewer outputs of the full file would not do: it runs the whole graph.)
 
+Accuracy, in every row (as Ultralytics' benchmark puts its metric next to the speed): what the
+variant gives up against the fp32 file on ONNX Runtime's CPU provider (the reference), on the
+sample photographs and their mirror images (``ACCURACY_IMAGES``): top-1 agreement (the share of
+images whose top-1 class is the reference's) and, for each saliency map the model outputs (smoe,
+recipro, fastcam), the Pearson correlation of the variant's map with the reference's, min and
+mean over the images. fp32 on another engine or provider is compared too (it is not always
+bit-identical); plain variants have no maps, only the top-1.
+
+Throughput (``--batch N``, MLPerf's Offline scenario): besides the single-stream latency, every
+variant also runs batches of N frames (preprocess + one session.run), round robin as above;
+the row reports images/s at batch N and the median batch latency.
+
 Schedule: all sessions run **round robin**, one frame each per round, so drift (thermal, other
 processes) hits every variant alike. ORT's intra-op threads spin after each run by default, and on
 a small machine a spinning idle session steals the cores of the next one; every session here is
@@ -150,6 +162,10 @@ class Variant:
     frame: list = field(default_factory=list)
     cpu_s: float = 0.0
     wall_s: float = 0.0
+    batch: list = field(default_factory=list)  # seconds per --batch N batch
+    batch_size: int | None = None
+    batch_error: str | None = None
+    accuracy: dict | None = None
 
     @property
     def name(self) -> str:
@@ -220,6 +236,95 @@ class Progress:
         self.stream.flush()
 
 
+# ------------------------------------------------------------------ accuracy against fp32
+MAP_KINDS = ("smoe", "recipro", "fastcam")
+ACCURACY_IMAGES = "the sample photographs (edge_saliency.samples) and their mirror images"
+
+
+def accuracy_images() -> dict[str, np.ndarray]:
+    from edge_saliency import samples
+
+    out = {}
+    for name, img in samples.photos().items():
+        out[name] = img
+        out[f"{name}-mirrored"] = np.ascontiguousarray(img[:, ::-1])
+    return out
+
+
+def map_correlation(a: np.ndarray, b: np.ndarray) -> float:
+    """Pearson correlation of two maps (1.0 for two constant maps that are equal, 0.0 for one constant)."""
+    x = np.asarray(a, np.float64).ravel()
+    y = np.asarray(b, np.float64).ravel()
+    if x.shape != y.shape:
+        raise ValueError(f"map shapes differ: {np.shape(a)} vs {np.shape(b)}")
+    sx, sy = x.std(), y.std()
+    if sx == 0 or sy == 0:
+        return 1.0 if (sx == sy and np.allclose(x, y)) else 0.0
+    return float(np.clip(np.mean((x - x.mean()) * (y - y.mean())) / (sx * sy), -1.0, 1.0))
+
+
+def agreement(reference: dict, results: dict) -> dict:
+    """{image: Result} of the reference and of a variant -> top-1 agreement and map correlations."""
+    names = [n for n in reference if n in results]
+    same = [results[n].class_index == reference[n].class_index for n in names]
+    maps = {}
+    for kind in MAP_KINDS:
+        rs = []
+        for n in names:
+            ma, mb = reference[n].map(kind), results[n].map(kind)
+            if ma is None or mb is None:
+                rs = []
+                break
+            rs.append(map_correlation(ma, mb))
+        if rs:
+            maps[kind] = {"min": float(min(rs)), "mean": float(np.mean(rs)), "per_image": dict(zip(names, rs))}
+    out = {"images": len(names), "top1_matches": int(sum(same)), "top1_agreement": float(np.mean(same)) if names else None,
+           "top1_differs_on": [n for n, ok in zip(names, same) if not ok], "maps": maps}
+    out["map_r_min"] = min(m["min"] for m in maps.values()) if maps else None
+    out["map_r_mean"] = float(np.mean([m["mean"] for m in maps.values()])) if maps else None
+    return out
+
+
+def measure_accuracy(variants: list[Variant], src: Path, images: dict[str, np.ndarray]) -> str:
+    """Each measured variant's agreement with fp32 on ORT's CPU provider; returns the reference's name."""
+    ref = next((v for v in variants if v.model is not None and v.engine == "onnxruntime" and v.precision == "fp32"
+                and not v.plain and v.provider == "CPUExecutionProvider"), None)
+    if ref is not None:
+        ref_model = ref.model
+    else:
+        from edge_saliency.model import SaliencyModel
+
+        ref_model = SaliencyModel(src, provider="cpu", threads=None, session_config=NO_SPINNING)
+    reference = {n: ref_model.predict(img) for n, img in images.items()}
+    for v in variants:
+        if v.model is None or v.status != "ok":
+            continue
+        try:
+            v.accuracy = agreement(reference, {n: v.model.predict(img) for n, img in images.items()})
+        except Exception as exc:  # one variant failing must not end the run
+            v.accuracy = {"error": str(exc).splitlines()[0][:120]}
+    return "cpu/fp32 (onnxruntime)"
+
+
+def measure_batches(variants: list[Variant], frame: np.ndarray, batch: int, runs: int, warmup: int) -> None:
+    """MLPerf Offline-style throughput: batches of ``batch`` frames, round robin over the variants."""
+    frames = [frame] * batch
+    live = [v for v in variants if v.model is not None and v.status == "ok"]
+    for _ in range(warmup):
+        for v in list(live):
+            try:
+                v.model.predict_batch(frames)
+            except Exception as exc:
+                v.batch_error = str(exc).splitlines()[0][:120]
+                live.remove(v)
+    for i in range(runs):
+        k = i % max(1, len(live))
+        for v in live[k:] + live[:k]:
+            t0 = time.perf_counter()
+            v.model.predict_batch(frames)
+            v.batch.append(time.perf_counter() - t0)
+
+
 # ------------------------------------------------------------------ the run
 def measure(variants: list[Variant], frame: np.ndarray, runs: int, warmup: int, progress: Progress | None = None):
     import psutil
@@ -232,9 +337,14 @@ def measure(variants: list[Variant], frame: np.ndarray, runs: int, warmup: int, 
         except (UserError, RuntimeError, Exception) as exc:  # one variant failing must not end the run
             v.status = f"error: {str(exc).splitlines()[0][:120]}"
     live = [v for v in live if v.status == "ok"]
-    for _ in range(warmup):
-        for v in live:
-            v.model.predict(frame)
+    for _ in range(max(1, warmup)):  # a variant that cannot run a frame is reported, the others go on
+        for v in list(live):
+            try:
+                v.model.predict(frame)
+            except Exception as exc:
+                v.status = f"error: {type(exc).__name__}: {str(exc).splitlines()[0][:100] if str(exc) else ''}"
+                v.model = None
+                live.remove(v)
     for v in live:  # warm-up does not count
         v.cpu_s = v.wall_s = 0.0
     for i in range(runs):
@@ -272,14 +382,25 @@ def summarise(variants: list[Variant]) -> list[dict]:
             )
             base = plain_p50.get(v.key)
             row["overhead"] = inf["p50"] / base if (not v.plain and base) else None
+        if v.accuracy is not None:
+            row["accuracy"] = v.accuracy
+        if v.batch:
+            n = v.batch_size
+            med = float(np.median(v.batch))
+            row["batch"] = {"size": n, "runs": len(v.batch), "images_per_s": n * len(v.batch) / float(np.sum(v.batch)),
+                            "latency_ms_p50": med * 1e3, "images_per_s_at_p50": n / med}
+        elif v.batch_error:
+            row["batch"] = {"error": v.batch_error}
         rows.append(row)
     return rows
 
 
 def table(rows: list[dict]) -> str:
-    """One row per variant, in the style of `yolo benchmark`."""
+    """One row per variant, in the style of `yolo benchmark`: speed, then what it costs in accuracy."""
+    batch = next((r["batch"]["size"] for r in rows if r.get("batch", {}).get("size")), None)
     head = (f"{'Variant':<30} {'Status':<7} {'Size(MB)':>8} {'Load(s)':>7} {'p50(ms)':>8} {'p90(ms)':>8} "
-            f"{'p99(ms)':>8} {'max(ms)':>8} {'FPS':>6} {'Overhead':>8} {'pre(ms)':>7} {'render(ms)':>10} {'CPU%':>5}")
+            f"{'p99(ms)':>8} {'max(ms)':>8} {'FPS':>6} {'Overhead':>8} {'pre(ms)':>7} {'render(ms)':>10} {'CPU%':>5}"
+            f" {'Top1=fp32':>9} {'r min':>7} {'r mean':>7}" + (f" {f'img/s@{batch}':>10}" if batch else ""))
     lines = [head, "-" * len(head)]
     for r in rows:
         size = f"{r['size_mb']:.1f}" if r.get("size_mb") else "-"
@@ -290,9 +411,17 @@ def table(rows: list[dict]) -> str:
         over = f"{r['overhead']:.2f}x" if r.get("overhead") else ("base" if not r["saliency"] else "-")
         render = f"{r['render_ms_p50']:.2f}" if r.get("render_ms_p50") is not None else "n/a"
         cpu = f"{r['cpu_percent']:.0f}" if r.get("cpu_percent") is not None else "-"
+        acc = r.get("accuracy") or {}
+        top1 = f"{acc['top1_matches']}/{acc['images']}" if acc.get("images") else "-"
+        rmin = f"{acc['map_r_min']:.5f}" if acc.get("map_r_min") is not None else "-"
+        rmean = f"{acc['map_r_mean']:.5f}" if acc.get("map_r_mean") is not None else "-"
+        thr = ""
+        if batch:
+            b = r.get("batch") or {}
+            thr = f" {b['images_per_s']:>10.1f}" if "images_per_s" in b else f" {'✗':>10}"
         lines.append(f"{r['variant']:<30} {'✓':<7} {size:>8} {r['load_s']:>7.2f} {i['p50']:>8.2f} {i['p90']:>8.2f} "
                      f"{i['p99']:>8.2f} {i['max']:>8.2f} {r['fps']:>6.1f} {over:>8} {r['preprocess_ms_p50']:>7.2f} "
-                     f"{render:>10} {cpu:>5}")
+                     f"{render:>10} {cpu:>5} {top1:>9} {rmin:>7} {rmean:>7}{thr}")
     return "\n".join(lines)
 
 
@@ -392,6 +521,8 @@ def cmd_bench(args) -> int:
         raise UserError("--runs must be at least 10")
     if args.warmup < 0:
         raise UserError("--warmup must be non-negative")
+    if args.batch is not None and not 1 <= args.batch <= 1024:
+        raise UserError(f"--batch must be 1..1024, got {args.batch}")
     for out in (args.json, args.plot):
         if out and not Path(out).resolve().parent.is_dir():
             raise UserError(f"cannot write {out}: its directory does not exist")
@@ -427,12 +558,35 @@ def cmd_bench(args) -> int:
     progress = Progress(args.runs, "bench", force=args.progress)
     t0 = time.perf_counter()
     peak = measure(variants, frame, args.runs, args.warmup, progress)
+    batch_runs = 0
+    if args.batch:
+        batch_runs = max(5, -(-args.runs // args.batch))
+        log(f"throughput: batches of {args.batch}, {batch_runs} per variant, round robin")
+        for v in variants:
+            v.batch_size = args.batch
+        measure_batches(variants, frame, args.batch, batch_runs, warmup=min(2, args.warmup) or 1)
+    reference = None
+    if not args.no_accuracy:
+        try:
+            images = accuracy_images()
+        except UserError as exc:
+            log(f"accuracy skipped: {exc}")
+        else:
+            log(f"accuracy: {len(images)} images, against fp32 on ONNX Runtime's CPU provider")
+            reference = measure_accuracy(variants, src, images)
     rows = summarise(variants)
     text = table(rows)
     print(f"edge-saliency bench: {src.name}, {args.runs} runs per variant after {args.warmup} warm-up, "
           f"latency = inference (session.run), FPS = whole frame (preprocess + inference + fastcam render)")
     print(f"device: {device_info.summary(device)}")
     print(text)
+    if reference:
+        print(f"Top1=fp32: images whose top-1 class is that of fp32 on ONNX Runtime's CPU provider; r min / r mean: "
+              f"Pearson correlation of each saliency map with fp32's, worst map kind's minimum and mean of the map "
+              f"kinds' means over the images ({ACCURACY_IMAGES})")
+    if args.batch:
+        print(f"img/s@{args.batch}: throughput with batches of {args.batch} frames (preprocess + one session.run; "
+              f"MLPerf Offline-style), {batch_runs} batches per variant")
     for s in skipped:
         print(f"skipped: {s}")
     if peak:
@@ -444,6 +598,8 @@ def cmd_bench(args) -> int:
         "schedule": "round robin, one frame per variant per round, session.intra_op.allow_spinning=0",
         "seconds": time.perf_counter() - t0, "peak_rss_mb": peak / 1e6 if peak else None,
         "variants": rows, "skipped": skipped, "table": text,
+        "accuracy": {"reference": reference, "images": ACCURACY_IMAGES} if reference else None,
+        "batch": {"size": args.batch, "runs": batch_runs} if args.batch else None,
         "raw_inference_ms": {v.name: [round(x * 1e3, 4) for x in v.inference] for v in variants if v.inference},
     }
     if args.json:
@@ -466,6 +622,9 @@ def add_parser(sub) -> None:
     p.add_argument("--runs", type=int, default=300, help="measured frames per variant (default: %(default)s)")
     p.add_argument("--warmup", type=int, default=20, help="warm-up frames per variant (default: %(default)s)")
     p.add_argument("--no-plain", action="store_true", help="skip the plain (no saliency) baseline")
+    p.add_argument("--batch", type=int, metavar="N", help="also measure throughput (images/s) with batches of N "
+                   "frames, MLPerf Offline-style, next to the single-stream latency")
+    p.add_argument("--no-accuracy", action="store_true", help="skip the top-1 agreement and map correlation with fp32")
     p.add_argument("--cache", help="where variants are made (default: the edge-saliency cache dir)")
     p.add_argument("--json", help="write every number (and the raw latencies) to this file")
     p.add_argument("--plot", help="write a PNG of the latency distributions (needs matplotlib)")

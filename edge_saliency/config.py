@@ -128,6 +128,32 @@ def _options() -> list[Option]:
 
 OPTIONS: dict[str, Option] = {}
 
+# Tables beside the top-level keys: name -> (default, parser(raw table, where, env=...) -> value). Their
+# keys are checked like the top-level ones (check_table); the parsers live with what they configure.
+TABLES: dict[str, tuple[Any, Callable[[dict, str], Any]]] = {}
+
+
+def tables() -> dict[str, tuple[Any, Callable[[dict, str], Any]]]:
+    if not TABLES:
+        from edge_saliency.serve_cameras import parse_cameras_table
+        from edge_saliency.serve_mqtt import parse_mqtt_table
+
+        TABLES.update({"mqtt": (None, parse_mqtt_table), "cameras": ({}, parse_cameras_table)})
+    return TABLES
+
+
+def check_table(raw: dict, opts: dict[str, Option], where: str) -> dict:
+    """A table's keys checked like the top-level ones: {key: value} with every option (defaults filled in)."""
+    out = {name: o.default for name, o in opts.items()}
+    for key, value in raw.items():
+        if key not in opts:
+            what = "table" if isinstance(value, dict) else "key"
+            close = difflib.get_close_matches(key.replace("-", "_").lower(), list(opts), n=1, cutoff=0.75)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ConfigError(f"{where}: unknown {what} {key!r}{hint}; known keys: {', '.join(opts)}")
+        out[key] = _coerce(opts[key], value, f"{where} key {key!r}", from_text=False)
+    return out
+
 
 def options() -> dict[str, Option]:
     if not OPTIONS:
@@ -243,9 +269,17 @@ def load_config(path: str | os.PathLike | None = None, cli: dict | None = None, 
     env = os.environ if env is None else env
     values = {name: o.default for name, o in opts.items()}
     origin = {name: "default" for name in opts}
+    for name, (default, _) in tables().items():
+        values[name], origin[name] = default, "default"
     if path is not None:
         raw = read_file(path)
         for key, value in raw.items():
+            if key in tables():
+                if not isinstance(value, dict):
+                    raise ConfigError(f"{path}: {key!r} must be a table ([{key}]), got {value!r:.60}")
+                values[key] = tables()[key][1](value, f"{path}: [{key}]", env=env)
+                origin[key] = str(path)
+                continue
             if key not in opts:
                 what = "table" if isinstance(value, dict) else "key"
                 close = difflib.get_close_matches(key.replace("-", "_").lower(), list(opts), n=1, cutoff=0.75)

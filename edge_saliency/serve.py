@@ -8,8 +8,11 @@ region), arranged for a service: an inference thread keeps the newest result (se
 MJPEG encoders render it per view for any number of viewers (serve_streams), a worker runs slower
 explanations on request (serve_jobs), and one HTTP port serves it all (serve_http), with
 Prometheus metrics (metrics_prom). Settings come from one TOML file with CLI flags on top
-(config). Under systemd (Type=notify) it says READY=1 once serving, pings the watchdog only while
-frames are captured and inferred (so a hung camera or inference gets the service restarted) and
+(config). Several cameras share the one model session, each with its own capture, inference
+thread and streams (serve_cameras: `[cameras.NAME]` tables), and results can go to an MQTT broker
+too (serve_mqtt: `[mqtt]`). Under systemd (Type=notify) it says READY=1 once serving, pings the watchdog only while
+frames are captured and inferred (so a hung camera or inference gets the service restarted; with
+several cameras, while any of them progresses: one dead camera reconnects on its own) and
 STOPPING=1 on the way out (sdnotify).
 
 SIGTERM/SIGINT: stop accepting connections, finish the frame in hand, close the streams, exit 0
@@ -31,18 +34,22 @@ log = logging.getLogger("edge_saliency")
 class Daemon:
     """Model + source + engine + streams + jobs + HTTP server, wired from a Config."""
 
-    def __init__(self, cfg: Config, model=None, source=None, notifier=None):
+    def __init__(self, cfg: Config, model=None, source=None, notifier=None, sources: dict | None = None):
+        """source: the default camera's (opened) source; sources: {camera name: opened source} (tests)."""
+        from edge_saliency import __version__
         from edge_saliency.metrics_prom import DaemonMetrics
         from edge_saliency.render import Renderer
         from edge_saliency.sdnotify import Notifier
-        from edge_saliency.serve_engine import Engine
+        from edge_saliency.serve_cameras import Camera, SerialModel, camera_specs
         from edge_saliency.serve_http import DaemonHTTPServer
+        from edge_saliency.serve_engine import Engine
         from edge_saliency.serve_jobs import ExplainJobs
         from edge_saliency.serve_streams import Streams
 
         self.cfg = cfg
         self.notifier = notifier if notifier is not None else Notifier.from_env()
         self.metrics = DaemonMetrics()
+        specs = camera_specs(cfg)
         if model is None:
             from edge_saliency.cli import ensure_default_model
             from edge_saliency.model import SaliencyModel
@@ -54,31 +61,100 @@ class Daemon:
         if class_index is not None and not model.has_class_input:
             raise UserError(f"{model.path} was exported without a class_index input; re-export with --class-input "
                             "to explain a chosen class (config key 'class')")
-        try:  # checks the view against the model's outputs before anything starts
-            Renderer(view=cfg.view, outputs=model.outputs)
-        except ValueError as exc:
-            raise UserError(f"config key 'view': {exc}") from None
+        for spec in specs:  # checks each view against the model's outputs before anything starts
+            try:
+                Renderer(view=spec.view, outputs=model.outputs)
+            except ValueError as exc:
+                where = "config key 'view'" if spec.name == "default" and not cfg.cameras else f"[cameras.{spec.name}] key 'view'"
+                raise UserError(f"{where}: {exc}") from None
         self.views = Renderer(outputs=model.outputs, view="raw").views
-        if source is None:
-            from edge_saliency.sources import open_source
+        self.metrics.set_build_info(__version__, model.info.arch, model.engine_name, model.provider)
+        # one model session for every camera and the explain jobs; OpenVINO's one infer request takes one
+        # frame at a time
+        shared = SerialModel(model) if model.engine_name == "openvino" else model
+        self.cameras: dict[str, Camera] = {}
+        self._unopened: set[str] = set()
+        opened = []
+        try:
+            for i, spec in enumerate(specs):
+                src = (sources or {}).get(spec.name) or (source if i == 0 else None)
+                if src is None:
+                    src = self._open_source(spec, several=len(specs) > 1)
+                opened.append(src)
+                cm = self.metrics.camera(spec.name)
+                engine = Engine(shared, src, realtime=spec.realtime, stale_after=spec.stale_after, topk=cfg.topk,
+                                class_index=class_index, health_stale=cfg.health_stale, loop=spec.loop, metrics=cm,
+                                name=spec.name, max_fps=spec.rate)
+                streams = Streams(engine, self.make_renderer, self.views, cfg.jpeg_quality, cfg.stream_fps,
+                                  cfg.max_viewers, cm)
+                self.cameras[spec.name] = Camera(spec, src, engine, streams)
+        except BaseException:
+            for src in opened:
+                src.release()
+            raise
+        self.default_camera = next(iter(self.cameras.values()))
+        self.engine = self.default_camera.engine  # the default camera: /stream.mjpg, /api/latest ...
+        self.streams = self.default_camera.streams
+        self.metrics.watch_health(lambda: {n: c.engine.health() for n, c in self.cameras.items()})
+        self.mqtt = None
+        if cfg.mqtt is not None:
+            from edge_saliency.serve_mqtt import MqttPublisher
 
-            source = open_source(cfg.source, log_fn=log.info)
-        self.engine = Engine(model, source, realtime=cfg.realtime, stale_after=cfg.stale_after, topk=cfg.topk,
-                             class_index=class_index, health_stale=cfg.health_stale, loop=cfg.loop,
-                             metrics=self.metrics)
-        self.streams = Streams(self.engine, self.make_renderer, self.views, cfg.jpeg_quality, cfg.stream_fps,
-                               cfg.max_viewers, self.metrics)
-        self.jobs = ExplainJobs(model, queue_size=cfg.explain_queue, keep=cfg.jobs_kept, budget=cfg.explain_budget,
+            try:
+                self.mqtt = MqttPublisher(cfg.mqtt, self, registry=self.metrics.registry)
+            except BaseException:
+                for src in opened:
+                    src.release()
+                raise
+            for cam in self.cameras.values():
+                cam.engine.listeners.append(self.mqtt.offer)
+        self.jobs = ExplainJobs(shared, queue_size=cfg.explain_queue, keep=cfg.jobs_kept, budget=cfg.explain_budget,
                                 metrics=self.metrics)
         host, port = cfg.host_port
         try:
             self.server = DaemonHTTPServer((host, port), self)
         except OSError as exc:
-            source.release()
+            for src in opened:
+                src.release()
             raise UserError(f"cannot listen on {cfg.listen} (config key 'listen'): {exc.strerror or exc}") from None
         self.stopped = threading.Event()
         self._http_thread: threading.Thread | None = None
         self._watchdog_thread: threading.Thread | None = None
+
+    def _open_source(self, spec, several: bool):
+        """The camera's source, opened. One of several that cannot open yet is retried in the background."""
+        from edge_saliency.sources import SourceError, make_source, open_source
+
+        if not several:
+            return open_source(spec.source, log_fn=log.info)
+        where = f"camera {spec.name!r}"
+        if spec.source is None:
+            return open_source(None, log_fn=log.info)
+        try:
+            src = make_source(spec.source)
+        except SourceError as exc:
+            raise UserError(f"{where}: {exc}") from None
+        try:
+            src.open()
+        except SourceError as exc:
+            log.warning("%s: cannot open %s yet (%s); retrying in the background, the other cameras go on",
+                        where, src.describe(), exc)
+            self._unopened.add(spec.name)
+        return src
+
+    def camera(self, name: str | None):
+        """The named camera (None: the default one), or None."""
+        return self.default_camera if name is None else self.cameras.get(name)
+
+    def health(self) -> tuple[bool, str]:
+        """Every camera fresh: (True, reason); with one camera exactly its engine's answer."""
+        if len(self.cameras) == 1:
+            return self.engine.health()
+        states = {n: c.engine.health() for n, c in self.cameras.items()}
+        bad = {n: r for n, (ok, r) in states.items() if not ok}
+        if not bad:
+            return True, f"{len(states)} cameras fresh"
+        return False, "; ".join(f"camera {n}: {r}" for n, r in bad.items())
 
     def make_renderer(self, view: str):
         from edge_saliency.render import Renderer
@@ -99,7 +175,10 @@ class Daemon:
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> "Daemon":
-        self.engine.start()
+        for name, cam in self.cameras.items():
+            cam.engine.start(needs_open=name in self._unopened)
+        if self.mqtt is not None:
+            self.mqtt.start()
         self.jobs.start()
         self._http_thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.1},
                                              name="http", daemon=True)
@@ -118,28 +197,41 @@ class Daemon:
         self.notifier.stopping()
         self.server.shutdown()  # no new connections from here on
         self.server.server_close()
-        self.streams.close()  # viewers get the closing boundary
-        self.engine.stop()
+        for cam in self.cameras.values():
+            cam.streams.close()  # viewers get the closing boundary
+        for cam in self.cameras.values():
+            cam.engine.stop_event.set()  # every camera finishes its frame in hand at once
+        for cam in self.cameras.values():
+            cam.engine.stop()
+        if self.mqtt is not None:
+            self.mqtt.stop()
         self.jobs.stop()
         self.notifier.close()
 
     def _feed_watchdog(self) -> None:
         """WATCHDOG=1 only while frames come in and inference progresses; a short STATUS= too."""
         interval = self.notifier.watchdog_interval or 5.0
-        last_seq = -1
+        last_seq: dict[str, int] = {}
         last_status = 0.0
         while not self.stopped.wait(min(interval, 1.0) if interval else 1.0):
-            ok, reason = self.engine.health()
-            snap = self.engine.latest
-            seq = snap.seq if snap is not None else 0
-            if ok and seq != last_seq and self.notifier.watchdog_interval is not None:
+            # fed while any camera is fresh and progressing: one dead camera of several must not get the
+            # whole daemon restarted (it reconnects on its own, and /healthz names it)
+            progressing = False
+            for name, cam in self.cameras.items():
+                cam_ok, _ = cam.engine.health()
+                snap = cam.engine.latest
+                seq = snap.seq if snap is not None else 0
+                progressing |= cam_ok and seq != last_seq.get(name, -1)
+                last_seq[name] = seq
+            ok, reason = self.health()
+            if progressing and self.notifier.watchdog_interval is not None:
                 self.notifier.watchdog()
-            last_seq = seq
             now = time.monotonic()
             if now - last_status >= 10.0:
                 last_status = now
-                self.notifier.status(f"{self.engine.fps:.1f} FPS, {self.streams.viewers} viewers"
-                                     if ok else f"unhealthy: {reason}")
+                fps = ", ".join(f"{c.engine.fps:.1f}" for c in self.cameras.values())
+                viewers = sum(c.streams.viewers for c in self.cameras.values())
+                self.notifier.status(f"{fps} FPS, {viewers} viewers" if ok else f"unhealthy: {reason}")
 
 
 # ---------------------------------------------------------------------- CLI
@@ -169,12 +261,16 @@ def cmd_serve(args) -> int:
         if daemon.address[0] not in ("127.0.0.1", "::1", "localhost") and not cfg.token:
             log.warning("listening on %s without a token: anyone who can reach it sees the camera "
                         "(set token in the config or $EDGE_SALIENCY_TOKEN)", daemon.url)
-        log.info("serving %s | source: %s | model: %s on %s | views: %s", daemon.url, daemon.engine.source.describe(),
+        log.info("serving %s | %s | model: %s on %s | views: %s", daemon.url,
+                 "source: " + daemon.engine.source.describe() if len(daemon.cameras) == 1 else
+                 "cameras: " + ", ".join(f"{n} ({c.source.describe()})" for n, c in daemon.cameras.items()),
                  daemon.model.info.arch, daemon.model.provider, ", ".join(daemon.views))
         print(f"edge-saliency serving on {daemon.url}", flush=True)
         while not stop.flag.wait(0.5):
-            if daemon.engine.error:  # systemd restarts us (Restart=on-failure)
-                raise UserError(f"inference loop failed: {daemon.engine.error}")
+            errors = {n: c.engine.error for n, c in daemon.cameras.items() if c.engine.error}
+            if errors and len(errors) == len(daemon.cameras):  # systemd restarts us (Restart=on-failure)
+                raise UserError("inference loop failed: " + "; ".join(
+                    e if len(errors) == 1 else f"camera {n}: {e}" for n, e in errors.items()))
     finally:
         t0 = time.perf_counter()
         daemon.stop()

@@ -38,8 +38,11 @@ class Snapshot:
 class Engine:
     def __init__(self, model, source: Source, realtime: bool = True, stale_after: float | None = None,
                  topk: int = 5, class_index: int | None = None, health_stale: float = 3.0, loop: bool = True,
-                 metrics=None, capture_factory=Capture):
+                 metrics=None, capture_factory=Capture, name: str = "default", max_fps: float | None = None):
         self.model, self.source = model, source
+        self.name = name  # the camera's name (metrics label, URLs, MQTT topics)
+        self.max_fps = max_fps  # most frames per second through the model (None: as fast as it goes)
+        self.listeners: list = []  # fn(name, snapshot) after each frame; must not block (e.g. the MQTT queue)
         self.realtime, self.stale_after = realtime, stale_after
         self.topk, self.class_index = topk, class_index
         self.health_stale = health_stale
@@ -62,11 +65,15 @@ class Engine:
         self.history = History()  # per-second FPS, latency and class for GET /api/history
 
     # ------------------------------------------------------------------ lifecycle
-    def start(self) -> "Engine":
+    def start(self, needs_open: bool = False) -> "Engine":
+        """needs_open: the source could not be opened yet; the capture keeps trying (one camera of several)."""
         self.capture = self.capture_factory(self.source, realtime=self.realtime, stale_after=self.stale_after)
         if self.metrics is not None:
             self.metrics.watch_capture(self.capture)
-        self.capture.start()
+        if needs_open:
+            self.capture.start(needs_open=True)
+        else:
+            self.capture.start()
         self.t_start = time.perf_counter()
         self._thread = threading.Thread(target=self._run, name="engine", daemon=True)
         self._thread.start()
@@ -150,6 +157,7 @@ class Engine:
                             self.stop_event.wait(0.1)
                     continue
                 last_id = frame.id
+                t_frame = time.perf_counter()
                 result = self.model.predict(frame.image, class_index=self.class_index, topk=self.topk)
                 t1 = time.perf_counter()
                 record = result_record(frame, result, self.region_map, self.topk, t_done=t1,
@@ -176,7 +184,15 @@ class Engine:
                     self.metrics.observe_frame({"capture_wait": wait, "preprocess": result.timings["preprocess"],
                                                 "inference": result.timings["inference"], "postprocess": t2 - t1},
                                                latency=t2 - frame.t_capture)
-                    self.metrics.fps.set(self._fps)
+                for fn in self.listeners:
+                    try:
+                        fn(self.name, snap)
+                    except Exception as exc:  # a listener's bug must not stop inference
+                        log.warning("%s: result listener failed: %s", self.name, exc)
+                if self.max_fps:
+                    pause = 1.0 / self.max_fps - (time.perf_counter() - t_frame)
+                    if pause > 0:
+                        self.stop_event.wait(pause)
             self.ended = "stopped"
         except Exception as exc:  # logged, and /healthz + the watchdog report it; systemd restarts us
             self.error = f"{type(exc).__name__}: {exc}"

@@ -7,10 +7,14 @@ connection, which is what long-lived MJPEG viewers need).
     GET  /api/history           per-second FPS, latency p50/p99 and class over the last minutes
     GET  /api/frame.jpg?view=V  the newest frame as JPEG (view raw by default)
     GET  /api/map.png?map=M     the newest saliency map (smoe | recipro | fastcam), 8-bit PNG
-    POST /api/explain           {"method": ..., "class": ...} -> 202 {"job": id}
+    POST /api/explain           {"method": ..., "class": ..., "camera": ...} -> 202 {"job": id}
     GET  /api/jobs/<id>         a job's state and result; /api/jobs/<id>/map.png its map
     GET  /metrics               Prometheus text
     GET  /healthz               200 while frames are fresh, 503 with the reason
+    GET  /api/cameras           the cameras (several per daemon: [cameras.NAME] in the config)
+    GET  /cameras/NAME/ (page), /cameras/NAME/stream.mjpg, /api/cameras/NAME/latest | frame.jpg | map.png:
+                                the same per camera
+                                (the plain URLs above are the default camera's)
 
 Security: an optional bearer token guards everything but /healthz (header `Authorization: Bearer
 T`, or the cookie that `/?token=T` sets for browsers); no endpoint reads or writes a path a
@@ -40,6 +44,8 @@ log = logging.getLogger("edge_saliency")
 
 COOKIE = "edge_saliency_token"
 JOB_PATH = re.compile(r"/api/jobs/([0-9a-f]{16})(/map\.png)?")
+CAMERA_PATH = re.compile(r"/(?:cameras/([A-Za-z0-9_-]{1,32})/(stream\.mjpg|)|api/cameras/([A-Za-z0-9_-]{1,32})/"
+                         r"(latest|history|frame\.jpg|map\.png))")
 MAPS = ("smoe", "recipro", "fastcam")
 SEND_TIMEOUT = 10.0  # a viewer that takes nothing for this long is dropped
 
@@ -177,6 +183,8 @@ class Handler(BaseHTTPRequestHandler):
                                      {"Allow": "GET, HEAD"} if path in GET_ROUTES else None)
                 return self._explain(query)
             route = GET_ROUTES.get(path)
+            if route is None and CAMERA_PATH.fullmatch(path):
+                return self._camera_route(CAMERA_PATH.fullmatch(path), query)
             if route is None:
                 m = JOB_PATH.fullmatch(path)
                 if path == "/api/explain":
@@ -241,46 +249,52 @@ class Handler(BaseHTTPRequestHandler):
             out[name] = values[0]
         return out
 
-    def page(self, query):
+    def page(self, query, cam=None):
         self._params(query, {})
         app = self.app
-        body = render_page(app.views, app.cfg.view, app.engine.source.describe())
+        c = cam or app.default_camera
+        body = render_page(app.views, c.view, c.engine.source.describe(), camera=cam and cam.name,
+                           cameras=list(app.cameras))
         self._reply(200, body, "text/html; charset=utf-8", {"Content-Security-Policy":
                     "default-src 'self'; img-src 'self'; style-src 'unsafe-inline'; script-src 'unsafe-inline' 'self'"},
                     head=self.command == "HEAD")
 
-    def latest(self, query):
+    def latest(self, query, cam=None):
         self._params(query, {})
-        snap = self.app.engine.latest
+        engine = (cam or self.app.default_camera).engine
+        snap = engine.latest
         if snap is None:
             raise BadRequest(503, "no frame processed yet", {"Retry-After": "1"})
         rec = dict(snap.record)
+        rec["camera"] = engine.name
         rec["age_ms"] = round((time.perf_counter() - snap.t_done) * 1e3, 1)
-        rec["fps"] = round(self.app.engine.fps, 2)
+        rec["fps"] = round(engine.fps, 2)
         self._json(200, rec)
 
-    def history(self, query):
+    def history(self, query, cam=None):
         self._params(query, {})
-        self._json(200, self.app.engine.history.snapshot())
+        self._json(200, (cam or self.app.default_camera).engine.history.snapshot())
 
-    def frame_jpg(self, query):
+    def frame_jpg(self, query, cam=None):
         p = self._params(query, {"view": self.app.views})
-        snap = self.app.engine.latest
+        engine = (cam or self.app.default_camera).engine
+        snap = engine.latest
         if snap is None:
             raise BadRequest(503, "no frame processed yet", {"Retry-After": "1"})
         view = p.get("view", "raw")
         img = snap.frame.image if view == "raw" else self.app.make_renderer(view).render(snap.frame.image, snap.result,
-                                                                                        self.app.engine.hud)
+                                                                                        engine.hud)
         ok, buf = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, self.app.cfg.jpeg_quality])
         self._reply(200, buf.tobytes(), "image/jpeg", {"X-Frame-Id": str(snap.frame.id)}, head=self.command == "HEAD")
 
-    def map_png(self, query):
-        maps = [m for m in MAPS if self.app.engine.latest is None or self.app.engine.latest.result.map(m) is not None]
+    def map_png(self, query, cam=None):
+        engine = (cam or self.app.default_camera).engine
+        maps = [m for m in MAPS if engine.latest is None or engine.latest.result.map(m) is not None]
         p = self._params(query, {"map": maps})
-        snap = self.app.engine.latest
+        snap = engine.latest
         if snap is None:
             raise BadRequest(503, "no frame processed yet", {"Retry-After": "1"})
-        name = p.get("map", self.app.engine.region_map)
+        name = p.get("map", engine.region_map)
         m = snap.result.map(name)
         if m is None:
             raise BadRequest(404, f"this model has no {name} map")
@@ -295,16 +309,36 @@ class Handler(BaseHTTPRequestHandler):
 
     def healthz(self, query):
         self._params(query, {})
-        ok, reason = self.app.engine.health()
+        ok, reason = self.app.health()
         self.app.metrics.healthy.set(1 if ok else 0)
-        self._json(200 if ok else 503, {"status": "ok" if ok else "unavailable", "reason": reason})
+        body = {"status": "ok" if ok else "unavailable", "reason": reason}
+        if len(self.app.cameras) > 1:
+            body["cameras"] = {n: dict(zip(("ok", "reason"), c.engine.health())) for n, c in self.app.cameras.items()}
+        self._json(200 if ok else 503, body)
 
-    def stream(self, query):
+    def cameras(self, query):
+        self._params(query, {})
+        self._json(200, {"default": self.app.default_camera.name,
+                         "cameras": [c.status() for c in self.app.cameras.values()]})
+
+    def _camera_route(self, m, query):
+        name = m.group(1) or m.group(3)
+        cam = self.app.cameras.get(name)
+        if cam is None:
+            self._discard_body()
+            raise BadRequest(404, f"no camera named {name!r}; cameras: {', '.join(self.app.cameras)}")
+        self._discard_body()
+        what = m.group(2) if m.group(1) else m.group(4)
+        return {"": Handler.page, "stream.mjpg": Handler.stream, "latest": Handler.latest, "history": Handler.history,
+                "frame.jpg": Handler.frame_jpg, "map.png": Handler.map_png}[what](self, query, cam)
+
+    def stream(self, query, cam=None):
+        cam = cam or self.app.default_camera
         p = self._params(query, {"view": self.app.views})
-        view = p.get("view", self.app.cfg.view)
+        view = p.get("view", cam.view)
         if self.command == "HEAD":
             return self._reply(200, b"", f"multipart/x-mixed-replace; boundary={BOUNDARY}", head=True)
-        enc = self.app.streams.try_attach(view)
+        enc = cam.streams.try_attach(view)
         if enc is None:
             raise BadRequest(503, f"too many viewers (max_viewers = {self.app.cfg.max_viewers})", {"Retry-After": "5"})
         try:
@@ -318,8 +352,8 @@ class Handler(BaseHTTPRequestHandler):
             self.app.metrics.http.labels("200").inc()
             self.connection.settimeout(SEND_TIMEOUT)
             sent = 0
-            counter = self.app.metrics.stream_frames.labels(view)
-            while not self.app.streams.closed.is_set() and not enc.closed:
+            counter = self.app.metrics.stream_frames.labels(cam.name, view)
+            while not cam.streams.closed.is_set() and not enc.closed:
                 item = enc.wait_newer(sent, timeout=0.5)
                 if item is None:
                     continue
@@ -366,10 +400,14 @@ class Handler(BaseHTTPRequestHandler):
                 raise BadRequest(400, f"body is not valid JSON: {str(exc)[:120]}") from None
             if not isinstance(params, dict):
                 raise BadRequest(400, "body must be a JSON object like {\"method\": \"rise\", \"class\": 285}")
-        unknown = set(params) - {"method", "class"}
+        unknown = set(params) - {"method", "class", "camera"}
         if unknown:
-            raise BadRequest(400, f"unknown field {sorted(unknown)[0]!r}; allowed: method, class")
+            raise BadRequest(400, f"unknown field {sorted(unknown)[0]!r}; allowed: method, class, camera")
         app = self.app
+        cam_name = params.get("camera")
+        if cam_name is not None and (not isinstance(cam_name, str) or cam_name not in app.cameras):
+            raise BadRequest(400, f"no camera named {str(cam_name)[:40]!r}; cameras: {', '.join(app.cameras)}")
+        cam = app.camera(cam_name)
         method = params.get("method", app.jobs.methods[0] if "fastcam" not in app.jobs.methods else "fastcam")
         if not isinstance(method, str):
             raise BadRequest(400, "method must be a string")
@@ -389,7 +427,7 @@ class Handler(BaseHTTPRequestHandler):
                     raise BadRequest(400, f"no class named {cls[:60]!r}")
                 class_index = low.index(cls.lower())
         try:
-            job = app.jobs.submit(method, class_index, app.engine.latest)
+            job = app.jobs.submit(method, class_index, cam.engine.latest)
         except JobRejected as exc:
             raise BadRequest(exc.status, str(exc), {"Retry-After": "2"} if exc.status in (429, 503) else None) from None
         self._json(202, {"job": job.id, "state": job.state, "url": f"/api/jobs/{job.id}"},
@@ -421,4 +459,5 @@ GET_ROUTES = {
     "/api/map.png": Handler.map_png,
     "/metrics": Handler.metrics,
     "/healthz": Handler.healthz,
+    "/api/cameras": Handler.cameras,
 }

@@ -36,15 +36,16 @@ PAGE = """<!doctype html>
  #classes-plot canvas { height: 46px; }
  .legend { font-size: 13px; color: #bbb; display: flex; flex-wrap: wrap; gap: 2px 12px; margin-top: 3px; }
  .legend i { display: inline-block; width: 10px; height: 10px; margin-right: 4px; vertical-align: -1px; }
+ nav a { color: #8cf; margin-right: 8px; } nav a.on { color: #fff; font-weight: bold; }
 </style></head>
 <body>
-<header><h1>edge-saliency</h1><span id="source" class="muted">__SOURCE__</span>
+<header><h1>edge-saliency</h1>__CAMERAS__<span id="source" class="muted">__SOURCE__</span>
  <span>FPS <b id="fps">-</b></span><span>latency <b id="latency">-</b> ms</span>
  <span>inference <b id="inference">-</b> ms</span><span id="health">-</span></header>
 <main>
  <section>
-  <div id="views">__BUTTONS__<a id="snapshot" class="btn" href="api/frame.jpg?view=__VIEW__" download>snapshot</a></div>
-  <img id="stream" alt="live overlay" src="stream.mjpg?view=__VIEW__">
+  <div id="views">__BUTTONS__<a id="snapshot" class="btn" href="__FRAME__?view=__VIEW__" download>snapshot</a></div>
+  <img id="stream" alt="live overlay" src="__STREAM__?view=__VIEW__">
   <p class="muted" id="view-help"></p>
  </section>
  <section>
@@ -55,18 +56,19 @@ PAGE = """<!doctype html>
    <div class="legend"><span><i style="background:#6cf"></i>p50</span><span><i style="background:#f96"></i>p99</span></div></div>
   <div class="plot" id="classes-plot"><h2>Top class over time</h2><canvas></canvas><div class="legend" id="class-legend"></div></div>
   <p class="muted">salient region: <span id="box">-</span></p>
-  <p class="muted">JSON: <a href="api/latest">api/latest</a> · <a href="api/history">api/history</a> · <a href="metrics">metrics</a> · <a href="healthz">healthz</a></p>
+  <p class="muted">JSON: <a href="__LATEST__">api/latest</a> · <a href="__HISTORY__">api/history</a> · <a href="/metrics">metrics</a> · <a href="/healthz">healthz</a></p>
  </section>
 </main>
 <script>
 const VIEWS = __VIEWS__;
 const HELP = __HELP__;
 let view = __VIEW_JSON__;
+const STREAM = __STREAM_JSON__, LATEST = __LATEST_JSON__, HISTORY = __HISTORY_JSON__, FRAME = __FRAME_JSON__;
 const img = document.getElementById('stream');
 function show(v) {
   view = v;
-  img.src = 'stream.mjpg?view=' + encodeURIComponent(v);
-  document.getElementById('snapshot').href = 'api/frame.jpg?view=' + encodeURIComponent(v);
+  img.src = STREAM + '?view=' + encodeURIComponent(v);
+  document.getElementById('snapshot').href = FRAME + '?view=' + encodeURIComponent(v);
   document.getElementById('view-help').textContent = v + ': ' + (HELP[v] || '');
   for (const b of document.querySelectorAll('#views button')) b.classList.toggle('on', b.dataset.view === v);
 }
@@ -85,7 +87,7 @@ show(view);
 function text(id, t) { document.getElementById(id).textContent = t; }
 async function poll() {
   try {
-    const r = await fetch('api/latest', {cache: 'no-store'});
+    const r = await fetch(LATEST, {cache: 'no-store'});
     if (r.ok) {
       const j = await r.json();
       text('fps', j.fps > 0 ? j.fps.toFixed(1) : '-');
@@ -103,7 +105,7 @@ async function poll() {
         tr.append(a, b, c); return tr;
       }));
     }
-    const h = await fetch('healthz', {cache: 'no-store'});
+    const h = await fetch('/healthz', {cache: 'no-store'});
     const hj = await h.json();
     const el = document.getElementById('health');
     el.textContent = h.ok ? 'healthy' : 'unhealthy: ' + hj.reason;
@@ -187,7 +189,7 @@ function draw(hist) {
 }
 async function history() {
   try {
-    const r = await fetch('api/history', {cache: 'no-store'});
+    const r = await fetch(HISTORY, {cache: 'no-store'});
     if (r.ok) draw(await r.json());
   } catch (e) { /* the header says when the server is unreachable */ }
 }
@@ -198,13 +200,30 @@ window.addEventListener('resize', history);
 """
 
 
-def render_page(views: list[str], view: str, source: str) -> bytes:
+def render_page(views: list[str], view: str, source: str, camera: str | None = None,
+                cameras: list[str] | tuple = ()) -> bytes:
+    """camera: None for the default camera's page at / (plain URLs), else that camera's (/cameras/NAME/);
+    cameras: every camera's name, linked in the header when there are several."""
     from edge_saliency.render import VIEW_HELP, VIEWS
 
     buttons = "".join(
         f'<button type="button" data-view="{html.escape(v)}" title="{html.escape(VIEW_HELP.get(v, ""))}">'
         f'<kbd>{VIEWS.index(v) + 1 if v in VIEWS else ""}</kbd>{html.escape(v)}</button>' for v in views)
+    if camera is None:
+        stream, latest, history, frame = "stream.mjpg", "api/latest", "api/history", "api/frame.jpg"
+    else:
+        stream, latest, history, frame = (f"/cameras/{camera}/stream.mjpg", f"/api/cameras/{camera}/latest",
+                                          f"/api/cameras/{camera}/history", f"/api/cameras/{camera}/frame.jpg")
+    nav = ""
+    if len(cameras) > 1:
+        current = camera or cameras[0]
+        nav = "<nav>" + "".join(f'<a href="/cameras/{html.escape(c)}/"{" class=on" if c == current else ""}>'
+                                f'{html.escape(c)}</a>' for c in cameras) + "</nav>"
     page = (PAGE.replace("__BUTTONS__", buttons).replace("__SOURCE__", html.escape(source))
+            .replace("__CAMERAS__", nav).replace("__STREAM__", html.escape(stream)).replace("__LATEST__", html.escape(latest))
+            .replace("__HISTORY__", html.escape(history)).replace("__FRAME__", html.escape(frame))
+            .replace("__STREAM_JSON__", json.dumps(stream)).replace("__LATEST_JSON__", json.dumps(latest))
+            .replace("__HISTORY_JSON__", json.dumps(history)).replace("__FRAME_JSON__", json.dumps(frame))
             .replace("__VIEWS__", json.dumps(views)).replace("__ALL_VIEWS__", json.dumps(list(VIEWS)))
             .replace("__HELP__", json.dumps(VIEW_HELP)).replace("__VIEW_JSON__", json.dumps(view))
             .replace("__VIEW__", html.escape(view)))

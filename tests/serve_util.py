@@ -80,19 +80,24 @@ class RecordingNotifier:
         pass
 
 
-def start_daemon(model, source=None, notifier=None, fast_backoff=True, **settings):
+def start_daemon(model, source=None, notifier=None, fast_backoff=True, tables=None, sources=None, **settings):
+    """tables: {"mqtt": {...}, "cameras": {...}} as the TOML tables would be; sources: {camera: opened source}."""
+    from edge_saliency.config import tables as table_parsers
     from edge_saliency.serve import Daemon
 
     cli = {"listen": "127.0.0.1:0", "stream_fps": "10", "explain_budget": "30", "health_stale": "1.5"}
     cli.update({k: str(v) for k, v in settings.items() if k != "token"})
     env = {"EDGE_SALIENCY_TOKEN": settings["token"]} if "token" in settings else {}
     cfg = load_config(None, cli=cli, env=env)
-    if source is None:
+    for name, raw in (tables or {}).items():
+        cfg._values[name] = table_parsers()[name][1](raw, f"[{name}]")
+    if source is None and not (tables or {}).get("cameras"):
         source = SyntheticSource("synthetic", fps=30.0, size=(640, 480))
         source.open()
-    d = Daemon(cfg, model=model, source=source, notifier=notifier or RecordingNotifier(None))
+    d = Daemon(cfg, model=model, source=source, notifier=notifier or RecordingNotifier(None), sources=sources)
     if fast_backoff:
-        d.engine.capture_factory = partial(Capture, backoff=(0.05, 0.2))
+        for cam in d.cameras.values():
+            cam.engine.capture_factory = partial(Capture, backoff=(0.05, 0.2))
     return d.start()
 
 

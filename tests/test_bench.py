@@ -240,3 +240,63 @@ def test_bench_user_errors(tmp_path, capsys):
     assert "--runs" in capsys.readouterr().err
     assert main(["bench", "--json", str(tmp_path / "missing" / "o.json")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+class _R:
+    def __init__(self, cls, maps):
+        self.class_index, self._maps = cls, maps
+
+    def map(self, name):
+        return self._maps.get(name)
+
+
+def test_map_correlation_and_agreement_with_fp32():
+    rng = np.random.default_rng(0)
+    m = rng.random((7, 7))
+    assert bench.map_correlation(m, m) == pytest.approx(1.0)
+    assert bench.map_correlation(m, -m) == pytest.approx(-1.0)
+    assert bench.map_correlation(m, 3 * m + 1) == pytest.approx(1.0)  # scale and offset do not matter
+    assert bench.map_correlation(np.ones((7, 7)), np.ones((7, 7))) == 1.0
+    assert bench.map_correlation(np.ones((7, 7)), m) == 0.0
+    noisy = m + 0.5 * rng.random((7, 7))
+    assert 0.3 < bench.map_correlation(m, noisy) < 0.99
+    with pytest.raises(ValueError, match="shapes differ"):
+        bench.map_correlation(m, np.ones((3, 3)))
+    ref = {"a": _R(1, {"smoe": m, "fastcam": m}), "b": _R(2, {"smoe": m, "fastcam": m})}
+    var = {"a": _R(1, {"smoe": m, "fastcam": noisy}), "b": _R(5, {"smoe": -m, "fastcam": m})}
+    acc = bench.agreement(ref, var)
+    assert acc["images"] == 2 and acc["top1_matches"] == 1 and acc["top1_agreement"] == 0.5
+    assert acc["top1_differs_on"] == ["b"]
+    assert set(acc["maps"]) == {"smoe", "fastcam"}  # recipro: not in these results
+    assert acc["maps"]["smoe"]["min"] == pytest.approx(-1.0) and acc["maps"]["smoe"]["mean"] == pytest.approx(0.0)
+    assert acc["maps"]["fastcam"]["min"] == pytest.approx(bench.map_correlation(m, noisy))
+    assert acc["map_r_min"] == pytest.approx(-1.0)
+    plain = bench.agreement(ref, {"a": _R(1, {}), "b": _R(2, {})})
+    assert plain["top1_agreement"] == 1.0 and plain["maps"] == {} and plain["map_r_min"] is None
+
+
+def test_bench_rows_report_accuracy_against_fp32_and_batch_throughput(lite0_onnx, tmp_path, capsys):
+    from edge_saliency.cli import main
+
+    js = tmp_path / "b.json"
+    rc = main(["bench", "--model", str(lite0_onnx), "--engine", "onnxruntime", "--provider", "cpu", "--threads", "1",
+               "--precision", "fp32,fp16", "--runs", "10", "--warmup", "1", "--no-plain", "--batch", "3", "--cache", str(tmp_path / "cache"),
+               "--json", str(js)])
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert "Top1=fp32" in out and "img/s@3" in out and "MLPerf Offline" in out
+    report = json.loads(js.read_text())
+    rows = {r["variant"]: r for r in report["variants"]}
+    fp32, fp16 = rows["cpu/1t/fp32/saliency"]["accuracy"], rows["cpu/1t/fp16/saliency"]["accuracy"]
+    assert fp32["images"] == fp16["images"] == 10  # 5 photographs and their mirror images
+    assert fp32["top1_agreement"] == 1.0 and fp32["map_r_min"] == pytest.approx(1.0)
+    assert set(fp32["maps"]) == {"smoe", "recipro", "fastcam"}
+    # fp16 is close to fp32 but not identical
+    assert fp16["top1_agreement"] >= 0.8 and 0.9 < fp16["map_r_min"] < 1.0
+    assert fp16["map_r_min"] <= fp16["map_r_mean"] <= 1.0
+    assert fp16["maps"]["smoe"]["min"] == min(fp16["maps"]["smoe"]["per_image"].values())
+    for r in rows.values():
+        b = r["batch"]
+        assert b["size"] == 3 and b["runs"] == 5 and b["images_per_s"] > 0 and b["latency_ms_p50"] > 0
+    assert report["batch"] == {"size": 3, "runs": 5}
+    assert report["accuracy"]["reference"] == "cpu/fp32 (onnxruntime)"

@@ -10,6 +10,8 @@ import cv2
 import numpy as np
 import pytest
 
+import edge_saliency
+
 from serve_util import (MjpegReader, RecordingNotifier, Switchable, decode_jpeg, get_json, metric_value, raw,
                         request, running, start_daemon, wait_for)
 
@@ -17,7 +19,7 @@ from serve_util import (MjpegReader, RecordingNotifier, Switchable, decode_jpeg,
 @pytest.fixture(scope="module")
 def daemon(lite0_model):
     d = start_daemon(lite0_model, explain_queue=1, topk=4)
-    assert wait_for(lambda: d.engine.latest, 60), "no frame processed"
+    assert wait_for(lambda: d.engine.latest and d.engine.latest.seq >= 2, 60), "no frames processed"  # fps needs two
     yield d
     d.stop()
 
@@ -169,17 +171,23 @@ def test_metrics_names_and_values(daemon):
     assert status == 200 and h["content-type"].startswith("text/plain") and "version=" in h["content-type"]
     text = body.decode()
     for name in ("edge_saliency_inference_seconds_bucket", "edge_saliency_inference_seconds_count",
-                 "edge_saliency_fps", "edge_saliency_frames_processed_total", "edge_saliency_frames_captured_total",
+                 "edge_saliency_frames_processed_total", "edge_saliency_frames_captured_total",
                  "edge_saliency_frames_dropped_total", "edge_saliency_camera_reconnects_total",
-                 "edge_saliency_camera_faults_total", "edge_saliency_process_cpu_percent",
-                 "edge_saliency_process_rss_bytes", "edge_saliency_frame_latency_seconds_bucket"):
-        assert metric_value(text, name) is not None, name
-    assert metric_value(text, "edge_saliency_inference_seconds_count") >= 1
+                 "edge_saliency_camera_faults_total", "edge_saliency_process_cpu_ratio",
+                 "edge_saliency_process_cpu_seconds_total", "edge_saliency_process_rss_bytes",
+                 "edge_saliency_frame_latency_seconds_bucket", "edge_saliency_camera_healthy"):
+        assert metric_value(text, name, {} if "process" in name else {"camera": "default"}) is not None, name
+    assert "edge_saliency_process_cpu_percent" not in text and "edge_saliency_fps" not in text  # the old names
+    assert metric_value(text, "edge_saliency_inference_seconds_count", {"camera": "default"}) >= 1
     assert metric_value(text, "edge_saliency_frames_captured_total") >= metric_value(text, "edge_saliency_frames_processed_total")
     assert metric_value(text, "edge_saliency_process_rss_bytes") > 50e6
-    assert metric_value(text, "edge_saliency_fps") > 0
+    assert 0 <= metric_value(text, "edge_saliency_process_cpu_ratio") <= 1
+    assert metric_value(text, "edge_saliency_process_cpu_seconds_total") > 0
+    assert metric_value(text, "edge_saliency_camera_healthy", {"camera": "default"}) == 1
+    info = {"version": edge_saliency.__version__, "model": "efficientnet_lite0", "engine": "onnxruntime", "provider": "cpu"}
+    assert metric_value(text, "edge_saliency_build_info", info) == 1
     for stage in ("capture_wait", "preprocess", "inference", "postprocess"):
-        assert metric_value(text, "edge_saliency_stage_seconds_count", {"stage": stage}) >= 1, stage
+        assert metric_value(text, "edge_saliency_stage_seconds_count", {"camera": "default", "stage": stage}) >= 1, stage
 
 
 def test_device_temperature_from_thermal_zones(tmp_path):
