@@ -123,7 +123,7 @@ def main(argv=None) -> int:
     import onnxruntime
     import torch
 
-    from edge_saliency import device_info
+    from edge_saliency.runtime import device_info
 
     lines = ["# Real architectures through the graph builder", "",
              f"Command: `python benchmarks/architectures.py {' '.join(argv if argv is not None else sys.argv[1:])}`"

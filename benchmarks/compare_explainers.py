@@ -61,7 +61,7 @@ def image_tensor(entry):
 
 
 def make_onnx(folder: Path) -> dict[str, Path]:
-    from edge_saliency.bench import prune_to_plain
+    from edge_saliency.bench.runner import prune_to_plain
     from export.build import ExportOptions, export_from_options
     from edge_saliency.graph.quantize import convert
 
@@ -157,7 +157,7 @@ def main(argv=None) -> int:
     p.add_argument("--out", default=str(RESULTS / "compare_explainers"), help="results path without suffix")
     args = p.parse_args(argv)
 
-    from edge_saliency import device_info
+    from edge_saliency.runtime import device_info
 
     model, entry = build_torch(args.threads)
     bgr, x = image_tensor(entry)

@@ -29,7 +29,8 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
 
-    from edge_saliency import engines, samples
+    from edge_saliency.runtime import engines
+    from edge_saliency import samples
     from export.build import ExportOptions, export_from_options
 
     if "openvino" not in engines.available_engines():

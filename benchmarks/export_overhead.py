@@ -35,7 +35,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from edge_saliency.device_info import cpu_model  # noqa: E402
+from edge_saliency.runtime.device_info import cpu_model  # noqa: E402
 
 VARIANTS = {  # name -> export options (besides out)
     "none": {"methods": ()},

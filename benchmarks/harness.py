@@ -18,7 +18,7 @@ from typing import Callable
 
 import numpy as np
 
-from edge_saliency.device_info import cpu_model
+from edge_saliency.runtime.device_info import cpu_model
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"

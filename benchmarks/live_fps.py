@@ -28,13 +28,13 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from edge_saliency.capture import Capture  # noqa: E402
-from edge_saliency.device_info import cpu_model  # noqa: E402
-from edge_saliency.live import LiveLoop  # noqa: E402
-from edge_saliency.cli import ensure_default_model  # noqa: E402
-from edge_saliency.model import SaliencyModel  # noqa: E402
-from edge_saliency.render import Renderer  # noqa: E402
-from edge_saliency.sources import DemoSource, SyntheticSource, VideoFileSource  # noqa: E402
+from edge_saliency.pipeline.capture import Capture  # noqa: E402
+from edge_saliency.runtime.device_info import cpu_model  # noqa: E402
+from edge_saliency.pipeline.live import LiveLoop  # noqa: E402
+from edge_saliency.cli.default_model import ensure_default_model  # noqa: E402
+from edge_saliency.runtime.model import SaliencyModel  # noqa: E402
+from edge_saliency.pipeline.render import Renderer  # noqa: E402
+from edge_saliency.pipeline.sources import DemoSource, SyntheticSource, VideoFileSource  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

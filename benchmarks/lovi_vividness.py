@@ -1,5 +1,5 @@
 """How vivid the LOVI view is: mean saturation and hue spread of the overlay, before and after the
-display normalisation (edge_saliency.methods.lovi.display_weights) and the value-weighted blend.
+display normalisation (edge_saliency.pipeline.lovi.display_weights) and the value-weighted blend.
 
     .venv/bin/python benchmarks/lovi_vividness.py [--model m.onnx] [--every 10]
 
@@ -31,10 +31,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from edge_saliency.methods import lovi  # noqa: E402
-from edge_saliency.model import SaliencyModel, ensure_default_model  # noqa: E402
-from edge_saliency.render import blend_by_value  # noqa: E402
-from edge_saliency.sources import DemoSource  # noqa: E402
+from edge_saliency.pipeline import lovi  # noqa: E402
+from edge_saliency.runtime.model import SaliencyModel, ensure_default_model  # noqa: E402
+from edge_saliency.pipeline.render import blend_by_value  # noqa: E402
+from edge_saliency.pipeline.sources import DemoSource  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

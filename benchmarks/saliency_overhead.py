@@ -121,7 +121,8 @@ def main(argv=None) -> int:
     ap.add_argument("--nets", default=",".join(NETS))
     ap.add_argument("--profile-runs", type=int, default=100)
     args = ap.parse_args(argv)
-    from edge_saliency import engines, samples
+    from edge_saliency.runtime import engines
+    from edge_saliency import samples
 
     frame = cv2.resize(samples.photo("chelsea"), (224, 224), interpolation=cv2.INTER_AREA)[None]
     results, lines = {}, []
@@ -149,7 +150,7 @@ def main(argv=None) -> int:
             results[net] = {"rows": rows, "ratios": ratios, "spread_p10_p90": spread, "profile": prof}
             best = min(med[f"{e} maps"] for e in ("onnxruntime", "openvino") if f"{e} maps" in med)
             lines += [f"## {net}", "", harness.table(rows, "ratio"), ""]
-            lines += [f"- maps / plain: " + ", ".join(f"**{eng} {r:.3f}x** (target {TARGETS[eng]:.2f}x)"
+            lines += ["- maps / plain: " + ", ".join(f"**{eng} {r:.3f}x** (target {TARGETS[eng]:.2f}x)"
                                                        for eng, r in ratios.items()),
                       f"- best engine with maps: {best:.2f} ms; p10-p90 spread {min(spread.values()):.0%}-"
                       f"{max(spread.values()):.0%} of the median", ""]

@@ -35,7 +35,8 @@ def main() -> int:
     ap.add_argument("--runs", type=int, default=300)
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
-    from edge_saliency import engines, samples
+    from edge_saliency.runtime import engines
+    from edge_saliency import samples
     from export.build import ExportOptions, export_from_options
 
     frame = cv2.resize(samples.photo("chelsea"), (224, 224), interpolation=cv2.INTER_AREA)[None]

@@ -29,10 +29,10 @@ from benchmarks.harness import write_results  # noqa: E402
 
 
 def run_config(model, n: int, paced: bool, warmup_s: float, measure_s: float) -> list[float]:
-    from edge_saliency.config import load_config
-    from edge_saliency.serve import Daemon
-    from edge_saliency.serve_cameras import parse_cameras_table
-    from edge_saliency.sources import SyntheticSource
+    from edge_saliency.serve.config import load_config
+    from edge_saliency.serve.daemon import Daemon
+    from edge_saliency.serve.cameras import parse_cameras_table
+    from edge_saliency.pipeline.sources import SyntheticSource
 
     class Quiet:
         enabled = False
@@ -71,7 +71,7 @@ def main() -> int:
     ap.add_argument("--measure-s", type=float, default=10.0)
     ap.add_argument("--threads", type=int, default=None, help="ORT intra-op threads (default: ORT's choice)")
     a = ap.parse_args()
-    from edge_saliency.model import SaliencyModel, ensure_default_model
+    from edge_saliency.runtime.model import SaliencyModel, ensure_default_model
 
     path = Path(a.model) if a.model else ensure_default_model(log_fn=lambda m: print(m, file=sys.stderr))
     model = SaliencyModel(path, provider="cpu", threads=a.threads)

@@ -213,11 +213,11 @@ def send_raw(host, port, data: bytes, timeout=10.0) -> int:
 def recovery(model_path: Path, cycles: int) -> dict:
     from functools import partial
 
-    from edge_saliency.capture import Capture
-    from edge_saliency.config import load_config
-    from edge_saliency.model import SaliencyModel
-    from edge_saliency.serve import Daemon
-    from edge_saliency.sources import SourceError, SyntheticSource
+    from edge_saliency.pipeline.capture import Capture
+    from edge_saliency.serve.config import load_config
+    from edge_saliency.runtime.model import SaliencyModel
+    from edge_saliency.serve.daemon import Daemon
+    from edge_saliency.pipeline.sources import SourceError, SyntheticSource
 
     class Unpluggable(SyntheticSource):
         kind = "unpluggable"

@@ -72,7 +72,7 @@ fi
 # check the config now: a bad key is reported here rather than in a restart loop
 "$PREFIX/venv/bin/python" -c "
 import sys
-from edge_saliency.config import load_config
+from edge_saliency.serve.config import load_config
 from edge_saliency.errors import UserError
 try:
     load_config('$CONF_DIR/config.toml')

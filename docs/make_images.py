@@ -25,9 +25,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from edge_saliency.model import SaliencyModel, ensure_default_model  # noqa: E402
-from edge_saliency.render import VIEWS, Renderer, put_text  # noqa: E402
-from edge_saliency.sources import DemoSource  # noqa: E402
+from edge_saliency.runtime.model import SaliencyModel, ensure_default_model  # noqa: E402
+from edge_saliency.pipeline.render import VIEWS, Renderer, put_text  # noqa: E402
+from edge_saliency.pipeline.sources import DemoSource  # noqa: E402
 
 OUT = ROOT / "docs" / "images"
 TILE = (480, 360)
@@ -104,8 +104,8 @@ def page_screenshot(model, path: Path, seconds: float) -> int | None:
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
-    from edge_saliency.config import load_config
-    from edge_saliency.serve import Daemon
+    from edge_saliency.serve.config import load_config
+    from edge_saliency.serve.daemon import Daemon
 
     demo = DemoSource("demo")
     demo.open()

@@ -145,7 +145,7 @@ def confident(model: nn.Module, gain: float = 30.0) -> nn.Module:
 
 
 # ---------------------------------------------------------------- plain ONNX exports and onnx.helper models
-def plain_export(model: nn.Module, size, path) -> "Path":
+def plain_export(model: nn.Module, size, path):
     """The network as torch exports it plainly (dynamic batch): what a user hands to --onnx."""
     import onnx
 

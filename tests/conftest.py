@@ -30,7 +30,7 @@ def lite0_class_input_onnx(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def lite0_model(lite0_onnx):
-    from edge_saliency.model import SaliencyModel
+    from edge_saliency.runtime.model import SaliencyModel
 
     return SaliencyModel(lite0_onnx, provider="cpu", threads=1)
 

@@ -12,9 +12,9 @@ from functools import partial
 
 import numpy as np
 
-from edge_saliency.capture import Capture
-from edge_saliency.config import load_config
-from edge_saliency.sources import SourceError, SyntheticSource
+from edge_saliency.pipeline.capture import Capture
+from edge_saliency.serve.config import load_config
+from edge_saliency.pipeline.sources import SourceError, SyntheticSource
 
 
 class Switchable(SyntheticSource):
@@ -82,8 +82,8 @@ class RecordingNotifier:
 
 def start_daemon(model, source=None, notifier=None, fast_backoff=True, tables=None, sources=None, **settings):
     """tables: {"mqtt": {...}, "cameras": {...}} as the TOML tables would be; sources: {camera: opened source}."""
-    from edge_saliency.config import tables as table_parsers
-    from edge_saliency.serve import Daemon
+    from edge_saliency.serve.config import tables as table_parsers
+    from edge_saliency.serve.daemon import Daemon
 
     cli = {"listen": "127.0.0.1:0", "stream_fps": "10", "explain_budget": "30", "health_stale": "1.5"}
     cli.update({k: str(v) for k, v in settings.items() if k != "token"})

@@ -10,7 +10,9 @@ import numpy as np
 import onnx
 import pytest
 
-from edge_saliency import bench, contract, device_info
+from edge_saliency.bench import runner as bench
+from edge_saliency import contract
+from edge_saliency.runtime import device_info
 from edge_saliency.errors import UserError
 
 X86_CPUINFO = """processor\t: 0
@@ -140,7 +142,7 @@ def test_progress_bar_writes_to_its_stream():
 
 
 def test_plain_variant_drops_saliency_and_keeps_logits(lite0_onnx, tmp_path):
-    from edge_saliency.model import SaliencyModel
+    from edge_saliency.runtime.model import SaliencyModel
 
     out = tmp_path / "plain.onnx"
     bench.prune_to_plain(lite0_onnx, out)

@@ -8,8 +8,8 @@ import time
 import numpy as np
 import pytest
 
-from edge_saliency.capture import Capture, frame_problem
-from edge_saliency.sources import EndOfStream, Source, SourceError, SyntheticSource, read_stamp, stamp
+from edge_saliency.pipeline.capture import Capture, frame_problem
+from edge_saliency.pipeline.sources import EndOfStream, Source, SourceError, SyntheticSource, read_stamp, stamp
 
 
 def stamped(i, shape=(40, 600, 3)):

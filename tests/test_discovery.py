@@ -20,7 +20,7 @@ def _analyse(path, **kw):
 
 
 def test_efficientnet_lite0_scale_ends_are_block_outputs(lite0_plain):
-    """DESIGN: the first block's output at 112, the last block's output at 56, 28 and 14 (linear
+    """docs/design.md: the first block's output at 112, the last block's output at 56, 28 and 14 (linear
     bottlenecks, clamped), the head conv at 7; not the wide expansion activations of the next
     block. The head is found through the dynamic-batch x.view(x.size(0), -1)."""
     _, an = _analyse(lite0_plain)

@@ -9,9 +9,10 @@ import sys
 import numpy as np
 import pytest
 
-from edge_saliency import engines, samples
+from edge_saliency.runtime import engines
+from edge_saliency import samples
 from edge_saliency.errors import UserError
-from edge_saliency.model import SaliencyModel
+from edge_saliency.runtime.model import SaliencyModel
 
 openvino = pytest.importorskip("openvino", reason="OpenVINO is not installed (pip install 'edge-saliency[openvino]')")
 

@@ -12,7 +12,7 @@ import pytest
 from edge_saliency.errors import UserError
 from edge_saliency.explain import decam, maskopt, rise
 from edge_saliency.explain.common import Explanation, FunctionClassifier
-from edge_saliency.model import Result
+from edge_saliency.runtime.model import Result
 
 S = 32
 BOX = (slice(8, 24), slice(8, 24))  # a quarter of the image, cells 1..2 of a 4 x 4 grid

@@ -9,7 +9,6 @@ import textwrap
 import cv2
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 import torch
 
@@ -18,7 +17,7 @@ import graph_util as gu
 from edge_saliency import contract, samples
 from edge_saliency.errors import UserError
 from edge_saliency.graph import builder
-from edge_saliency.model import SaliencyModel
+from edge_saliency.runtime.model import SaliencyModel
 from export.build import export_module
 
 
@@ -64,7 +63,7 @@ def test_real_photos_are_classified_through_the_exported_file(lite0_model, photo
 def test_runtime_never_imports_torch(lite0_onnx):
     code = textwrap.dedent(f"""
         import sys
-        from edge_saliency.model import SaliencyModel
+        from edge_saliency.runtime.model import SaliencyModel
         from edge_saliency import samples
         r = SaliencyModel({str(lite0_onnx)!r}).predict(samples.photo("chelsea"))
         assert r.label == "Egyptian cat"

@@ -44,7 +44,7 @@ def all_methods_onnx(tmp_path_factory):
 
 @pytest.mark.parametrize("photo", ["chelsea", "coffee"])
 def test_exported_gradient_cams_equal_autograd(all_methods_onnx, photo):
-    from edge_saliency.model import SaliencyModel
+    from edge_saliency.runtime.model import SaliencyModel
 
     m = SaliencyModel(all_methods_onnx, provider="cpu")
     assert m.outputs[-3:] == ["guided_cam", "grad_cam", "grad_cam_pp"]
@@ -65,7 +65,7 @@ def test_exported_gradient_cams_equal_autograd(all_methods_onnx, photo):
 
 def test_eval_reads_exported_gradient_cams(all_methods_onnx):
     from edge_saliency.explain import methods as registry
-    from edge_saliency.model import SaliencyModel
+    from edge_saliency.runtime.model import SaliencyModel
 
     m = SaliencyModel(all_methods_onnx, provider="cpu")
     assert registry.parse_methods("guided,gradcam,gradcampp,smoe", m) == ["guided", "gradcam", "gradcampp", "smoe"]

@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from edge_saliency.history import History
+from edge_saliency.pipeline.history import History
 from serve_util import get_json, running, wait_for
 
 

@@ -14,10 +14,10 @@ import cv2
 import numpy as np
 import pytest
 
-from edge_saliency.capture import Capture
-from edge_saliency.live import FpsMeter, LiveLoop
-from edge_saliency.render import Renderer
-from edge_saliency.sources import DemoSource, SyntheticSource, read_stamp
+from edge_saliency.pipeline.capture import Capture
+from edge_saliency.pipeline.live import FpsMeter, LiveLoop
+from edge_saliency.pipeline.render import Renderer
+from edge_saliency.pipeline.sources import DemoSource, SyntheticSource, read_stamp
 
 ROOT = Path(__file__).resolve().parents[1]
 # runs the CLI, then reports whether torch got imported along the way

@@ -1,10 +1,10 @@
-"""LOVI colouring against a plain numpy reference written from DESIGN.md (no OpenCV in the reference)."""
+"""LOVI colouring against a plain numpy reference written from docs/design.md (no OpenCV in the reference)."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from edge_saliency.methods import lovi
+from edge_saliency.pipeline import lovi
 
 
 def hsv_to_rgb_reference(h, s, v):

@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from edge_saliency import metrics
+from edge_saliency.quality import metrics
 from edge_saliency.errors import UserError
 
 H, W = 16, 16

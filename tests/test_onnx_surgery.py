@@ -33,7 +33,7 @@ def test_cli_writes_a_model_and_never_imports_torch(tmp_path):
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert "wrote" in proc.stdout and "original outputs bit-for-bit equal: scores" in proc.stdout
-    from edge_saliency.model import SaliencyModel
+    from edge_saliency.runtime.model import SaliencyModel
 
     model = SaliencyModel(out, provider="cpu", threads=1)
     assert model.labels[3] == "thing 3" and model.info.input_size == (32, 32)

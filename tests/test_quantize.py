@@ -44,7 +44,7 @@ def _signature(values):
 
 @pytest.mark.parametrize("precision", ["int8", "fp16"])
 def test_variant_keeps_contract_and_metadata(precision, lite0_onnx, int8_onnx, tmp_path):
-    from edge_saliency.model import SaliencyModel
+    from edge_saliency.runtime.model import SaliencyModel
 
     if precision == "int8":
         path = int8_onnx
@@ -108,7 +108,7 @@ def test_int8_top1_agreement_meets_target(int8_report):
 
 def test_int8_logit_error_is_below_one_grey_level_of_noise(lite0_onnx, int8_report, photos):
     """int8 moves the logits less than +-1 grey level of uniform noise on the input moves fp32's."""
-    from edge_saliency.model import SaliencyModel
+    from edge_saliency.runtime.model import SaliencyModel
 
     ref = SaliencyModel(lite0_onnx, provider="cpu", threads=2)
     rng = np.random.default_rng(0)

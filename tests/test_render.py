@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 
 from edge_saliency import contract
-from edge_saliency.methods import lovi
-from edge_saliency.model import Result
-from edge_saliency.region import salient_region
-from edge_saliency.render import VIEWS, HudStats, Renderer, available_views, draw_banner
+from edge_saliency.pipeline import lovi
+from edge_saliency.runtime.model import Result
+from edge_saliency.pipeline.region import salient_region
+from edge_saliency.pipeline.render import VIEWS, HudStats, Renderer, available_views, draw_banner
 
 SCALES = ["_blocks.0._act1", "_blocks.2._act1", "_blocks.4._act1", "_blocks.10._act1", "_act_head"]
 

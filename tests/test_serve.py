@@ -191,7 +191,7 @@ def test_metrics_names_and_values(daemon):
 
 
 def test_device_temperature_from_thermal_zones(tmp_path):
-    from edge_saliency.metrics_prom import DaemonMetrics
+    from edge_saliency.serve.prometheus import DaemonMetrics
 
     for i, (kind, milli) in enumerate((("cpu-thermal", "48500"), ("gpu-thermal", "51250"))):
         z = tmp_path / f"thermal_zone{i}"

@@ -94,7 +94,7 @@ return {vw: vw, scroll: document.documentElement.scrollWidth,
 
 
 def test_page_plots_fps_latency_and_classes_live_at_two_widths(lite0_model, browser, tmp_path):
-    from edge_saliency.sources import DemoSource
+    from edge_saliency.pipeline.sources import DemoSource
 
     demo = DemoSource("demo")  # scenes change every 2 s: the class timeline gets several classes
     demo.open()

@@ -18,7 +18,7 @@ def seq(d, name):
 
 
 def test_two_cameras_one_dies_the_other_goes_on(lite0_model):
-    from edge_saliency.sources import SyntheticSource
+    from edge_saliency.pipeline.sources import SyntheticSource
 
     plug = threading.Event()
     plug.set()
@@ -120,8 +120,8 @@ def test_a_camera_that_cannot_open_at_start_is_retried_while_the_others_run(lite
 
 
 def test_top_level_source_stays_the_default_camera_beside_the_tables(lite0_model, tmp_path):
-    from edge_saliency.config import load_config
-    from edge_saliency.serve import Daemon
+    from edge_saliency.serve.config import load_config
+    from edge_saliency.serve.daemon import Daemon
 
     (tmp_path / "c.toml").write_text('source = "synthetic"\nlisten = "127.0.0.1:0"\n'
                                      '[cameras.side]\nsource = "synthetic"\nview = "raw"\n')
@@ -180,8 +180,8 @@ def test_example_config_documents_every_camera_and_mqtt_key():
     import tomllib
     from pathlib import Path
 
-    from edge_saliency.serve_cameras import CAMERA_OPTIONS, parse_cameras_table
-    from edge_saliency.serve_mqtt import MQTT_OPTIONS, parse_mqtt_table
+    from edge_saliency.serve.cameras import CAMERA_OPTIONS, parse_cameras_table
+    from edge_saliency.serve.mqtt import MQTT_OPTIONS, parse_mqtt_table
 
     text = (Path(__file__).resolve().parents[1] / "deploy" / "config.example.toml").read_text()
     tail = text[text.index("# ---- several cameras"):]
@@ -200,7 +200,7 @@ def test_example_config_documents_every_camera_and_mqtt_key():
 def test_serial_model_lets_one_thread_in_at_a_time():
     import time
 
-    from edge_saliency.serve_cameras import SerialModel
+    from edge_saliency.serve.cameras import SerialModel
 
     class Fake:
         inside = peak = 0
@@ -231,8 +231,8 @@ def test_serial_model_lets_one_thread_in_at_a_time():
 
 def test_openvino_cameras_and_explain_jobs_share_one_serialised_model(lite0_onnx):
     pytest.importorskip("openvino", reason="openvino not installed: pip install 'edge-saliency[openvino]'")
-    from edge_saliency.model import SaliencyModel
-    from edge_saliency.serve_cameras import SerialModel
+    from edge_saliency.runtime.model import SaliencyModel
+    from edge_saliency.serve.cameras import SerialModel
 
     model = SaliencyModel(lite0_onnx, threads=1, engine="openvino")
     cams = {"a": {"source": "synthetic"}, "b": {"source": "synthetic"}}
@@ -253,7 +253,7 @@ def test_openvino_cameras_and_explain_jobs_share_one_serialised_model(lite0_onnx
 
 
 def test_a_video_camera_that_ends_leaves_the_live_one_running(lite0_model, tmp_path):
-    from edge_saliency.sources import SyntheticSource
+    from edge_saliency.pipeline.sources import SyntheticSource
 
     video = tmp_path / "short.mp4"
     gen = SyntheticSource("synthetic", fps=30.0, size=(320, 240))

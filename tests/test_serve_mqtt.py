@@ -286,7 +286,7 @@ def test_mqtt_config_errors_are_one_line_naming_the_key(tmp_path, table, words):
 
 
 def test_mqtt_password_from_the_environment_and_defaults(tmp_path):
-    from edge_saliency.config import load_config
+    from edge_saliency.serve.config import load_config
 
     (tmp_path / "c.toml").write_text('[mqtt]\nhost = "broker.lan"\nusername = "cam"\ntls = true\n')
     cfg = load_config(tmp_path / "c.toml", env={"EDGE_SALIENCY_MQTT_PASSWORD": "from-env"})

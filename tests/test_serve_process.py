@@ -63,7 +63,7 @@ def test_missing_config_file_and_model_are_one_line(tmp_path):
 
 
 def test_cli_flags_override_the_file():
-    from edge_saliency.config import load_config
+    from edge_saliency.serve.config import load_config
 
     path = ROOT / "deploy" / "config.example.toml"
     cfg = load_config(path, cli={"view": "lovi", "realtime": "false"}, env={})
@@ -124,7 +124,7 @@ def test_sd_notify_ready_watchdog_stopping_and_sigterm_exit(lite0_onnx, tmp_path
 def test_example_config_lists_every_key_and_the_unit_is_systemd_ready():
     import re
 
-    from edge_saliency.config import options, read_file
+    from edge_saliency.serve.config import options, read_file
 
     path = ROOT / "deploy" / "config.example.toml"
     text = path.read_text()

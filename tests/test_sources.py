@@ -5,8 +5,8 @@ import cv2
 import numpy as np
 import pytest
 
-from edge_saliency import sources
-from edge_saliency.sources import EndOfStream, SourceError
+from edge_saliency.pipeline import sources
+from edge_saliency.pipeline.sources import EndOfStream, SourceError
 
 
 def write_video(path, frames, fps=30.0):

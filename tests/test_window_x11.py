@@ -23,7 +23,7 @@ import cv2
 import numpy as np
 import pytest
 
-from edge_saliency.sources import DemoSource
+from edge_saliency.pipeline.sources import DemoSource
 
 ROOT = Path(__file__).resolve().parents[1]
 TOOLS = {"Xvfb": "xvfb", "xdotool": "xdotool", "xwd": "x11-apps"}

@@ -20,7 +20,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from edge_saliency import metrics
+from edge_saliency.quality import metrics
 from edge_saliency.errors import UserError
 from edge_saliency.explain import methods as registry
 from edge_saliency.explain.common import OnnxClassifier, SaliencyModelClassifier, Scorer
@@ -64,10 +64,9 @@ def load_images(specs: list[str]) -> list[tuple[str, np.ndarray]]:
 def open_classifier(args):
     """(classifier, edge-saliency model or None). A file without edge-saliency metadata is opened as
     a plain ONNX classifier (float NCHW input) with --mean/--std/--bgr."""
-    from edge_saliency.cli import ensure_default_model
-    from edge_saliency.model import SaliencyModel
+    from edge_saliency.runtime.model import SaliencyModel
 
-    path = args.model or str(ensure_default_model(log_fn=lambda m: print(m, file=sys.stderr)))
+    path = args.model or str(args.default_model(log_fn=lambda m: print(m, file=sys.stderr)))
     if not args.plain:
         try:
             model = SaliencyModel(path, provider=args.provider, threads=args.threads)

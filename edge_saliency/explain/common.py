@@ -22,7 +22,7 @@ import numpy as np
 
 from edge_saliency import contract
 from edge_saliency.errors import UserError
-from edge_saliency.model import Result
+from edge_saliency.runtime.model import Result
 
 
 class Classifier(Protocol):
@@ -78,7 +78,7 @@ class OnnxClassifier:
                  provider: str | None = "auto", threads: int | None = None):
         import onnxruntime as ort
 
-        from edge_saliency import providers
+        from edge_saliency.runtime import providers
         from pathlib import Path
 
         if not Path(path).is_file():

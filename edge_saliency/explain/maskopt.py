@@ -26,7 +26,7 @@ Queries: 1 (clean image) + steps * (2 * pairs + 1) * (2 with the deletion term, 
 **Salient-input reconstruction (global check).** Keep the top ``keep`` fraction of the map's pixels,
 fill the rest from other content (a strong blur of the image, uniform noise, other images) and
 count how often the model's top-1 decision is unchanged: the *reconstruction accuracy*
-(``edge_saliency.metrics.reconstruction_accuracy``; 1 + number of fills queries per kept
+(``edge_saliency.quality.metrics.reconstruction_accuracy``; 1 + number of fills queries per kept
 fraction). The paper (ICPR 2020) reports 89% but its kept fraction is not available to us; the
 check runs at ``keep`` (default 25%) and, for the record, at every fraction in ``keep_curve``,
 with the result per fill type (``unchanged``) and overall (``accuracy``).
@@ -38,7 +38,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from edge_saliency import metrics
+from edge_saliency.quality import metrics
 from edge_saliency.errors import UserError
 from edge_saliency.explain.common import (BudgetExhausted, Classifier, apply_masks, start, make_explanation,
                                           minmax, target_of, upsample)

@@ -67,7 +67,7 @@ def in_graph_map(model, image: np.ndarray, method: str, class_index: int | None)
             raise UserError(f"method {method!r} needs the model output {missing[0]!r}, which {model.path} lacks")
         smoe = out[contract.SMOE][0, 0] if contract.SMOE in out else None
         rc = out[contract.RECIPRO][0, 0] if contract.RECIPRO in out else None
-        from edge_saliency.model import Result
+        from edge_saliency.runtime.model import Result
 
         sal = Result(class_index=target, label="", score=0.0, topk=[], logits=out[contract.LOGITS][0],
                      smoe=smoe, recipro_cam=rc).map(method)

@@ -9,7 +9,7 @@ node output exposed (``writer.probe``): real shapes, whatever the exporter wrote
   that makes one, it is the only data tensor still waiting for a consumer). A block's or stage's
   output is one; a tensor inside a residual block, or one branch of a multi-branch block, is not.
 - scale ends: at each spatial resolution, the last cut point that is a 4-D [1, C, H, W] map there
-  (DESIGN: the output of the last layer at that resolution). At every resolution but the last,
+  (docs/design.md: the output of the last layer at that resolution). At every resolution but the last,
   where that cut point is only the 1x1 channel expansion of the next, downsampling block (an
   inverted residual: MobileNet, EfficientNet, MNASNet, ...), the cut point before that expansion
   is taken instead, the block output. A scale end that is not provably non-negative (linear

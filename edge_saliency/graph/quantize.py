@@ -549,7 +549,7 @@ def accuracy_report(reference_path, variant_path, images: list[np.ndarray], prov
     """Top-1 agreement of ``variant`` with ``reference``, the logits' signal-to-noise ratio
     (dB, the reference's logits as signal, the difference as noise) and per-map Pearson
     correlations (smoe, each scale of smoe_scales, recipro_cam) on ``images`` (BGR, any size)."""
-    from edge_saliency.model import SaliencyModel
+    from edge_saliency.runtime.model import SaliencyModel
 
     ref = SaliencyModel(reference_path, provider=provider, threads=threads)
     var = SaliencyModel(variant_path, provider=provider, threads=threads)

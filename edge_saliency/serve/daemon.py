@@ -25,7 +25,7 @@ import threading
 import time
 from pathlib import Path
 
-from edge_saliency.config import Config, add_arguments, cli_values, load_config
+from edge_saliency.serve.config import Config, add_arguments, cli_values, load_config
 from edge_saliency.errors import UserError
 
 log = logging.getLogger("edge_saliency")
@@ -34,27 +34,30 @@ log = logging.getLogger("edge_saliency")
 class Daemon:
     """Model + source + engine + streams + jobs + HTTP server, wired from a Config."""
 
-    def __init__(self, cfg: Config, model=None, source=None, notifier=None, sources: dict | None = None):
-        """source: the default camera's (opened) source; sources: {camera name: opened source} (tests)."""
+    def __init__(self, cfg: Config, model=None, source=None, notifier=None, sources: dict | None = None,
+                 default_model=None):
+        """source: the default camera's (opened) source; sources: {camera name: opened source} (tests);
+        default_model: log_fn -> path of the model to use when the config names none (the CLI's)."""
         from edge_saliency import __version__
-        from edge_saliency.metrics_prom import DaemonMetrics
-        from edge_saliency.render import Renderer
-        from edge_saliency.sdnotify import Notifier
-        from edge_saliency.serve_cameras import Camera, SerialModel, camera_specs
-        from edge_saliency.serve_http import DaemonHTTPServer
-        from edge_saliency.serve_engine import Engine
-        from edge_saliency.serve_jobs import ExplainJobs
-        from edge_saliency.serve_streams import Streams
+        from edge_saliency.serve.prometheus import DaemonMetrics
+        from edge_saliency.pipeline.render import Renderer
+        from edge_saliency.serve.sdnotify import Notifier
+        from edge_saliency.serve.cameras import Camera, SerialModel, camera_specs
+        from edge_saliency.serve.http import DaemonHTTPServer
+        from edge_saliency.serve.loop import Engine
+        from edge_saliency.serve.jobs import ExplainJobs
+        from edge_saliency.serve.streams import Streams
 
         self.cfg = cfg
         self.notifier = notifier if notifier is not None else Notifier.from_env()
         self.metrics = DaemonMetrics()
         specs = camera_specs(cfg)
         if model is None:
-            from edge_saliency.cli import ensure_default_model
-            from edge_saliency.model import SaliencyModel
+            from edge_saliency.runtime.model import SaliencyModel
 
-            path = cfg.model or str(ensure_default_model(log_fn=log.info))
+            if not cfg.model and default_model is None:
+                raise UserError("no model configured (model = ... in the config, or --model)")
+            path = cfg.model or str(default_model(log_fn=log.info))
             model = SaliencyModel(path, provider=cfg.provider, threads=cfg.threads, engine=cfg.engine)
         self.model = model
         class_index = model.class_index(cfg["class"]) if cfg["class"] is not None else None
@@ -98,7 +101,7 @@ class Daemon:
         self.metrics.watch_health(lambda: {n: c.engine.health() for n, c in self.cameras.items()})
         self.mqtt = None
         if cfg.mqtt is not None:
-            from edge_saliency.serve_mqtt import MqttPublisher
+            from edge_saliency.serve.mqtt import MqttPublisher
 
             try:
                 self.mqtt = MqttPublisher(cfg.mqtt, self, registry=self.metrics.registry)
@@ -123,7 +126,7 @@ class Daemon:
 
     def _open_source(self, spec, several: bool):
         """The camera's source, opened. One of several that cannot open yet is retried in the background."""
-        from edge_saliency.sources import SourceError, make_source, open_source
+        from edge_saliency.pipeline.sources import SourceError, make_source, open_source
 
         if not several:
             return open_source(spec.source, log_fn=log.info)
@@ -157,7 +160,7 @@ class Daemon:
         return False, "; ".join(f"camera {n}: {r}" for n, r in bad.items())
 
     def make_renderer(self, view: str):
-        from edge_saliency.render import Renderer
+        from edge_saliency.pipeline.render import Renderer
 
         cfg = self.cfg
         return Renderer(view=view, alpha=cfg.alpha, colormap=cfg.colormap, hud=cfg.hud, topk=min(cfg.topk, 5),
@@ -249,12 +252,12 @@ def add_parser(sub) -> None:
 
 
 def cmd_serve(args) -> int:
-    from edge_saliency.live import _Stop
+    from edge_saliency.pipeline.live import _Stop
 
     cfg = load_config(Path(args.config) if args.config else None, cli=cli_values(args))
     level = getattr(logging, cfg.log_level.upper())
     logging.getLogger().setLevel(logging.DEBUG if getattr(args, "verbose", False) else level)
-    daemon = Daemon(cfg)
+    daemon = Daemon(cfg, default_model=getattr(args, "default_model", None))
     stop = _Stop().install()
     try:
         daemon.start()

@@ -13,7 +13,7 @@ import time
 
 import cv2
 
-from edge_saliency.render import Renderer
+from edge_saliency.pipeline.render import Renderer
 
 log = logging.getLogger("edge_saliency")
 

@@ -27,7 +27,7 @@ import re
 import threading
 from dataclasses import dataclass
 
-from edge_saliency.config import ConfigError, Option, _range, check_table
+from edge_saliency.serve.options import ConfigError, Option, check_table, in_range
 
 NAME = re.compile(r"[A-Za-z0-9_-]{1,32}")
 DEFAULT = "default"
@@ -37,10 +37,10 @@ CAMERA_OPTIONS = {o.name: o for o in [
            "pipeline, 'demo' or 'synthetic' (required)"),
     Option("view", str, None, "default view of this camera's stream (default: the top-level view)", nullable=True),
     Option("rate", float, None, "most frames per second run through the model (default: as fast as it goes)",
-           _range(0.01, 1000.0), nullable=True),
+           in_range(0.01, 1000.0), nullable=True),
     Option("realtime", bool, None, "as the top-level key, for this camera", nullable=True),
     Option("loop", bool, None, "as the top-level key, for this camera", nullable=True),
-    Option("stale_after", float, None, "as the top-level key, for this camera", _range(0.05, 3600), nullable=True),
+    Option("stale_after", float, None, "as the top-level key, for this camera", in_range(0.05, 3600), nullable=True),
 ]}
 
 
@@ -57,7 +57,7 @@ class CameraSpec:
 
 def parse_cameras_table(raw: dict, where: str, env=None) -> dict:
     """[cameras.NAME] tables -> {name: {key: value}} (None for keys that follow the top level)."""
-    from edge_saliency.render import VIEWS
+    from edge_saliency.pipeline.render import VIEWS
 
     out = {}
     for name, table in raw.items():

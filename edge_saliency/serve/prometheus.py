@@ -1,6 +1,6 @@
 """Prometheus metrics of the daemon (prometheus-client), on a registry of its own.
 
-(`edge_saliency.metrics` is something else: the quality metrics of saliency maps.)
+(`edge_saliency.quality.metrics` is something else: the quality metrics of saliency maps.)
 
 Named by Prometheus' conventions (https://prometheus.io/docs/practices/naming/): base units with
 the unit as suffix (`_seconds`, `_bytes`, `_celsius`), counters end in `_total`, shares are ratios

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_saliency import providers
+from edge_saliency.runtime import providers
 from edge_saliency.errors import UserError
 
 log = logging.getLogger("edge_saliency")
@@ -138,7 +138,7 @@ def create(name: str, path: str, provider: str | None = "auto", threads: int | N
 
 # ---------------------------------------------------------------- auto: probe once, cache
 def _machine_key() -> str:
-    from edge_saliency.device_info import cpu_model
+    from edge_saliency.runtime.device_info import cpu_model
 
     return f"{platform.machine()}|{cpu_model()}|{os.cpu_count()}"
 

@@ -19,12 +19,12 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_saliency import providers
-from edge_saliency.capture import Capture
+from edge_saliency.runtime import providers
+from edge_saliency.pipeline.capture import Capture
 from edge_saliency.errors import UserError
-from edge_saliency.region import salient_region
-from edge_saliency.render import COLORMAPS, VIEW_HELP, VIEWS, HudStats, Renderer
-from edge_saliency.sinks import ContactSheet, JsonLog, Recorder, Window, has_display
+from edge_saliency.pipeline.region import salient_region
+from edge_saliency.pipeline.render import COLORMAPS, VIEW_HELP, VIEWS, HudStats, Renderer
+from edge_saliency.pipeline.sinks import ContactSheet, JsonLog, Recorder, Window, has_display
 
 log = logging.getLogger("edge_saliency")
 
@@ -166,7 +166,7 @@ class LiveLoop:
 
     # ------------------------------------------------------------------ the loop
     def run(self) -> Summary:
-        from edge_saliency.render import draw_banner
+        from edge_saliency.pipeline.render import draw_banner
 
         cap, model, renderer = self.capture, self.model, self.renderer
         summary = Summary(stage_seconds={k: 0.0 for k in ("capture_wait", "preprocess", "inference", "render", "sinks")})
@@ -270,7 +270,7 @@ class LiveLoop:
 
     def _hold(self, last_out, last_id):
         """A finished file in a window: keep the last frame up until the user quits."""
-        from edge_saliency.render import draw_banner
+        from edge_saliency.pipeline.render import draw_banner
 
         held = last_out.copy()
         draw_banner(held, "end of source - press q to quit")
@@ -399,9 +399,8 @@ def _check_args(args) -> None:
 
 
 def cmd_run(args) -> int:
-    from edge_saliency.cli import ensure_default_model
-    from edge_saliency.model import SaliencyModel
-    from edge_saliency.sources import open_source
+    from edge_saliency.runtime.model import SaliencyModel
+    from edge_saliency.pipeline.sources import open_source
 
     _check_args(args)
     say = lambda m: print(m, flush=True)  # noqa: E731
@@ -427,7 +426,7 @@ def cmd_run(args) -> int:
     contact = ContactSheet(contact_path) if contact_path else None
     json_log = None
 
-    model_path = args.model or str(ensure_default_model(log_fn=say))
+    model_path = args.model or str(args.default_model(log_fn=say))
     model = SaliencyModel(model_path, provider=args.provider, threads=args.threads, engine=args.engine)
     class_index = model.class_index(args.explain_class) if args.explain_class else None
     if class_index is not None and not model.has_class_input:

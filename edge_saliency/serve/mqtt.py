@@ -37,7 +37,7 @@ import threading
 import time
 from collections import deque
 
-from edge_saliency.config import ConfigError, Option, _choice, _range, check_table
+from edge_saliency.serve.options import ConfigError, Option, check_table, in_range, one_of
 
 log = logging.getLogger("edge_saliency")
 
@@ -69,7 +69,7 @@ def _client_id_check(v):
 
 MQTT_OPTIONS = {o.name: o for o in [
     Option("host", str, None, "broker host name or address (required)", _host_check),
-    Option("port", int, None, "broker port (default: 1883, 8883 with tls)", _range(1, 65535), nullable=True),
+    Option("port", int, None, "broker port (default: 1883, 8883 with tls)", in_range(1, 65535), nullable=True),
     Option("client_id", str, None, "MQTT client id (default: edge-saliency-<hostname>)", _client_id_check,
            nullable=True),
     Option("prefix", str, "edge-saliency", "topic prefix: <prefix>/<camera>/result", _topic_prefix_check),
@@ -81,22 +81,22 @@ MQTT_OPTIONS = {o.name: o for o in [
     Option("cert_file", str, None, "client certificate for TLS client authentication", _file_check, nullable=True),
     Option("key_file", str, None, "private key of cert_file", _file_check, nullable=True),
     Option("tls_insecure", bool, False, "do not check the broker's host name against its certificate"),
-    Option("qos", int, 0, "QoS of every message: 0, 1 or 2", _range(0, 2)),
+    Option("qos", int, 0, "QoS of every message: 0, 1 or 2", in_range(0, 2)),
     Option("retain", bool, False, "publish results and overlays retained (availability is always retained)"),
-    Option("rate", float, 2.0, "result messages per second per camera (0: every processed frame)", _range(0.0, 1000.0)),
+    Option("rate", float, 2.0, "result messages per second per camera (0: every processed frame)", in_range(0.0, 1000.0)),
     Option("overlay", str, "none", "also publish an image per camera: none, map (the saliency map) or overlay "
-           "(the rendered view)", _choice(("none", "map", "overlay"))),
+           "(the rendered view)", one_of(("none", "map", "overlay"))),
     Option("overlay_view", str, None, "view rendered for overlay = \"overlay\" (default: the camera's view)",
            nullable=True),
-    Option("overlay_format", str, "jpeg", "jpeg or png", _choice(("jpeg", "png"))),
+    Option("overlay_format", str, "jpeg", "jpeg or png", one_of(("jpeg", "png"))),
     Option("overlay_rate", float, 1.0, "image messages per second per camera (0: every processed frame)",
-           _range(0.0, 1000.0)),
+           in_range(0.0, 1000.0)),
     Option("keepalive", int, 30, "seconds between keep-alive pings; the broker sends the last will after 1.5x this "
-           "without a word", _range(5, 3600)),
-    Option("queue_size", int, 100, "messages waiting at most; the oldest is dropped beyond", _range(1, 100000)),
+           "without a word", in_range(5, 3600)),
+    Option("queue_size", int, 100, "messages waiting at most; the oldest is dropped beyond", in_range(1, 100000)),
     Option("reconnect_min", float, 0.5, "first reconnect delay, seconds (doubles up to reconnect_max)",
-           _range(0.05, 600)),
-    Option("reconnect_max", float, 30.0, "longest reconnect delay, seconds", _range(0.1, 3600)),
+           in_range(0.05, 600)),
+    Option("reconnect_max", float, 30.0, "longest reconnect delay, seconds", in_range(0.1, 3600)),
     Option("discovery", bool, False, "publish Home Assistant MQTT discovery configs (retained) on every connect"),
     Option("discovery_prefix", str, "homeassistant", "Home Assistant's discovery prefix", _topic_prefix_check),
 ]}
@@ -104,7 +104,7 @@ MQTT_OPTIONS = {o.name: o for o in [
 
 def parse_mqtt_table(raw: dict, where: str, env=None) -> dict:
     """The [mqtt] table, checked: {key: value} for every key."""
-    from edge_saliency.render import VIEWS
+    from edge_saliency.pipeline.render import VIEWS
 
     env = os.environ if env is None else env
     cfg = check_table(raw, MQTT_OPTIONS, where)
@@ -233,7 +233,7 @@ class MqttPublisher:
     def _metrics(self, registry) -> None:
         from prometheus_client import Counter, Gauge
 
-        from edge_saliency.metrics_prom import PREFIX
+        from edge_saliency.serve.prometheus import PREFIX
 
         r = registry
         self.m_connected = Gauge(f"{PREFIX}_mqtt_connected", "1 while connected to the MQTT broker", registry=r)
@@ -373,7 +373,7 @@ class MqttPublisher:
             data = result_payload(camera, snap, self.daemon.model, self.daemon.model.engine_name)
             return f"{self.prefix}/{camera}/result", json.dumps(data, separators=(",", ":")).encode("utf-8")
         if self.cfg["overlay"] == "map":
-            from edge_saliency.render import normalise_for_display
+            from edge_saliency.pipeline.render import normalise_for_display
 
             m = snap.result.map(cam.engine.region_map)
             img = normalise_for_display(m)

@@ -14,45 +14,12 @@ from __future__ import annotations
 import difflib
 import os
 import re
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from edge_saliency.errors import UserError
+from edge_saliency.serve.options import ConfigError, Option, coerce, in_range, one_of
 
 TOKEN_ENV = "EDGE_SALIENCY_TOKEN"
-
-
-class ConfigError(UserError):
-    """A bad key or value in the config file or on the command line (names the key)."""
-
-
-@dataclass(frozen=True)
-class Option:
-    name: str
-    kind: type  # str, int, float, bool
-    default: Any
-    help: str
-    check: Callable[[Any], str | None] | None = None  # value -> problem (None if fine)
-    nullable: bool = False  # may be left unset (None): "automatic"
-
-
-def _range(lo=None, hi=None):
-    def check(v):
-        if lo is not None and v < lo:
-            return f"must be at least {lo}"
-        if hi is not None and v > hi:
-            return f"must be at most {hi}"
-        return None
-    return check
-
-
-def _choice(choices):
-    choices = tuple(choices)
-
-    def check(v):
-        return None if v in choices else f"must be one of: {', '.join(choices)}"
-    return check
 
 
 def parse_listen(text: str) -> tuple[str, int]:
@@ -84,45 +51,45 @@ def _token_check(v):
 
 
 def _options() -> list[Option]:
-    from edge_saliency.render import COLORMAPS, VIEWS
+    from edge_saliency.pipeline.render import COLORMAPS, VIEWS
 
     return [
         Option("model", str, None, "edge-saliency ONNX file (default: the pretrained EfficientNet-Lite0)", nullable=True),
         Option("source", str, None, "camera index or /dev/videoN, video file, image folder, rtsp:// URL, GStreamer "
                "pipeline, 'demo' or 'synthetic' (default: camera 0 if it opens, else demo)", nullable=True),
         Option("engine", str, "onnxruntime", "inference engine: onnxruntime, openvino, or auto (the faster here, "
-               "probed once and cached)", _choice(["onnxruntime", "openvino", "auto"])),
+               "probed once and cached)", one_of(["onnxruntime", "openvino", "auto"])),
         Option("provider", str, "auto", "ONNX Runtime execution provider: auto, cpu, cuda, tensorrt, ... "
                "(with engine openvino: the OpenVINO device, cpu by default)"),
-        Option("threads", int, None, "ONNX Runtime intra-op threads (default: ORT's choice)", _range(1, 256), nullable=True),
+        Option("threads", int, None, "ONNX Runtime intra-op threads (default: ORT's choice)", in_range(1, 256), nullable=True),
         Option("realtime", bool, True, "play files and generated sources at their own FPS (false: every frame, "
                "as fast as inference goes)"),
         Option("loop", bool, True, "replay a finite source (video file, images) from the start when it ends"),
         Option("stale_after", float, None, "seconds without a frame before the camera counts as gone "
-               "(default: max(1, 3/FPS))", _range(0.05, 3600), nullable=True),
+               "(default: max(1, 3/FPS))", in_range(0.05, 3600), nullable=True),
         Option("listen", str, "127.0.0.1:8080", "HOST:PORT of the HTTP API (port 0: any free port)", _listen_check),
         Option("token", str, None, f"bearer token required on every endpoint but /healthz (or ${TOKEN_ENV})",
                _token_check, nullable=True),
-        Option("view", str, "fastcam", "default view of the page and of /stream.mjpg", _choice(VIEWS)),
-        Option("alpha", float, 0.5, "map opacity over the frame, 0..1", _range(0.0, 1.0)),
-        Option("colormap", str, "jet", "OpenCV colour map for the map views", _choice(sorted(COLORMAPS))),
+        Option("view", str, "fastcam", "default view of the page and of /stream.mjpg", one_of(VIEWS)),
+        Option("alpha", float, 0.5, "map opacity over the frame, 0..1", in_range(0.0, 1.0)),
+        Option("colormap", str, "jet", "OpenCV colour map for the map views", one_of(sorted(COLORMAPS))),
         Option("hud", bool, True, "draw labels, FPS and timings on the streamed frames"),
-        Option("topk", int, 5, "classes in /api/latest and on the page", _range(1, 100)),
+        Option("topk", int, 5, "classes in /api/latest and on the page", in_range(1, 100)),
         Option("class", str, None, "explain this class (name or index) instead of the top-1 (model exported "
                "with --class-input)", nullable=True),
-        Option("jpeg_quality", int, 80, "JPEG quality of streamed frames, 1..100", _range(1, 100)),
+        Option("jpeg_quality", int, 80, "JPEG quality of streamed frames, 1..100", in_range(1, 100)),
         Option("stream_fps", float, 15.0, "most frames per second sent to each stream (0: every processed frame)",
-               _range(0.0, 240.0)),
-        Option("max_viewers", int, 32, "most concurrent /stream.mjpg viewers (more get 503)", _range(1, 10000)),
-        Option("max_body", int, 65536, "largest request body accepted, bytes (more get 413)", _range(0, 16 << 20)),
+               in_range(0.0, 240.0)),
+        Option("max_viewers", int, 32, "most concurrent /stream.mjpg viewers (more get 503)", in_range(1, 10000)),
+        Option("max_body", int, 65536, "largest request body accepted, bytes (more get 413)", in_range(0, 16 << 20)),
         Option("health_stale", float, 3.0, "seconds without a processed frame before /healthz says 503",
-               _range(0.1, 3600)),
-        Option("explain_queue", int, 4, "explain jobs waiting at most (more get 429)", _range(1, 1000)),
+               in_range(0.1, 3600)),
+        Option("explain_queue", int, 4, "explain jobs waiting at most (more get 429)", in_range(1, 1000)),
         Option("explain_budget", int, 1000, "model queries per black-box explain job (decam, maskopt, rise)",
-               _range(2, 10_000_000)),
-        Option("jobs_kept", int, 64, "finished explain jobs kept for GET /api/jobs/<id>", _range(1, 100000)),
+               in_range(2, 10_000_000)),
+        Option("jobs_kept", int, 64, "finished explain jobs kept for GET /api/jobs/<id>", in_range(1, 100000)),
         Option("access_log", bool, False, "log every HTTP request"),
-        Option("log_level", str, "info", "debug, info, warning or error", _choice(("debug", "info", "warning", "error"))),
+        Option("log_level", str, "info", "debug, info, warning or error", one_of(("debug", "info", "warning", "error"))),
     ]
 
 
@@ -135,24 +102,11 @@ TABLES: dict[str, tuple[Any, Callable[[dict, str], Any]]] = {}
 
 def tables() -> dict[str, tuple[Any, Callable[[dict, str], Any]]]:
     if not TABLES:
-        from edge_saliency.serve_cameras import parse_cameras_table
-        from edge_saliency.serve_mqtt import parse_mqtt_table
+        from edge_saliency.serve.cameras import parse_cameras_table
+        from edge_saliency.serve.mqtt import parse_mqtt_table
 
         TABLES.update({"mqtt": (None, parse_mqtt_table), "cameras": ({}, parse_cameras_table)})
     return TABLES
-
-
-def check_table(raw: dict, opts: dict[str, Option], where: str) -> dict:
-    """A table's keys checked like the top-level ones: {key: value} with every option (defaults filled in)."""
-    out = {name: o.default for name, o in opts.items()}
-    for key, value in raw.items():
-        if key not in opts:
-            what = "table" if isinstance(value, dict) else "key"
-            close = difflib.get_close_matches(key.replace("-", "_").lower(), list(opts), n=1, cutoff=0.75)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise ConfigError(f"{where}: unknown {what} {key!r}{hint}; known keys: {', '.join(opts)}")
-        out[key] = _coerce(opts[key], value, f"{where} key {key!r}", from_text=False)
-    return out
 
 
 def options() -> dict[str, Option]:
@@ -183,58 +137,6 @@ class Config:
     @property
     def host_port(self) -> tuple[str, int]:
         return parse_listen(self.listen)
-
-
-def _coerce(opt: Option, value, where: str, from_text: bool):
-    """A raw value (TOML-typed, or text from the command line) -> the option's type, checked."""
-    original = value
-
-    def bad(why: str):
-        v = original
-        shown = repr(v) if not isinstance(v, str) or len(v) < 80 else repr(v[:77] + "...")
-        return ConfigError(f"{where}: {why}, got {shown}")
-
-    if value is None:
-        if opt.nullable:
-            return None
-        raise bad("must be set")
-    kind = opt.kind
-    if from_text and isinstance(value, str):
-        text = value.strip()
-        try:
-            if kind is bool:
-                low = text.lower()
-                if low not in ("true", "false", "1", "0", "yes", "no", "on", "off"):
-                    raise ValueError
-                value = low in ("true", "1", "yes", "on")
-            elif kind is int:
-                value = int(text)
-            elif kind is float:
-                value = float(text)
-        except ValueError:
-            raise bad(f"must be {'true or false' if kind is bool else 'an integer' if kind is int else 'a number'}") from None
-    if kind is bool and not isinstance(value, bool):
-        raise bad("must be true or false")
-    if kind is int and (isinstance(value, bool) or not isinstance(value, int)):
-        raise bad("must be an integer")
-    if kind is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise bad("must be a number")
-        value = float(value)
-        if value != value or value in (float("inf"), float("-inf")):
-            raise bad("must be a finite number")
-    if kind is str:
-        if opt.name == "class" and isinstance(value, int) and not isinstance(value, bool):
-            value = str(value)
-        if not isinstance(value, str):
-            raise bad("must be a string")
-        if opt.nullable and value == "" and opt.name != "token":
-            return None
-    if opt.check is not None:
-        problem = opt.check(value)
-        if problem:
-            raise bad(problem)
-    return value
 
 
 def read_file(path: str | os.PathLike) -> dict:
@@ -285,17 +187,17 @@ def load_config(path: str | os.PathLike | None = None, cli: dict | None = None, 
                 close = difflib.get_close_matches(key.replace("-", "_").lower(), list(opts), n=1, cutoff=0.75)
                 hint = f" (did you mean {close[0]!r}?)" if close else ""
                 raise ConfigError(f"{path}: unknown {what} {key!r}{hint}; known keys: {', '.join(opts)}")
-            values[key] = _coerce(opts[key], value, f"{path}: key {key!r}", from_text=False)
+            values[key] = coerce(opts[key], value, f"{path}: key {key!r}", from_text=False)
             origin[key] = str(path)
     token = env.get(TOKEN_ENV)
     if token is not None:
-        values["token"] = _coerce(opts["token"], token, f"${TOKEN_ENV}", from_text=True)
+        values["token"] = coerce(opts["token"], token, f"${TOKEN_ENV}", from_text=True)
         origin["token"] = "environment"
     for key, value in (cli or {}).items():
         if key not in opts:
             raise ConfigError(f"unknown option {key!r}")
         flag = "--" + key.replace("_", "-")
-        values[key] = _coerce(opts[key], value, f"{flag}", from_text=True)
+        values[key] = coerce(opts[key], value, f"{flag}", from_text=True)
         origin[key] = "command line"
     return Config(values, origin)
 

@@ -11,7 +11,7 @@
 
 A source only reads: `read()` returns a frame (BGR uint8 as OpenCV gives it), None for a failed
 read, or raises `EndOfStream`. Pacing, latest-frame handling and fault recovery live in
-`edge_saliency.capture`. `clone()` gives a fresh, unopened source of the same device, so a
+`edge_saliency.pipeline.capture`. `clone()` gives a fresh, unopened source of the same device, so a
 capture can abandon a read that blocks forever and reconnect.
 """
 from __future__ import annotations

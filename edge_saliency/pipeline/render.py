@@ -14,7 +14,7 @@ import cv2
 import numpy as np
 
 from edge_saliency import contract
-from edge_saliency.methods import lovi
+from edge_saliency.pipeline import lovi
 
 VIEWS = ("heatmap", "recipro", "fastcam", "lovi", "side", "raw")
 VIEW_HELP = {

@@ -19,8 +19,8 @@ import cv2
 import numpy as np
 
 from edge_saliency.errors import UserError
-from edge_saliency.region import salient_region
-from edge_saliency.render import normalise_for_display
+from edge_saliency.pipeline.region import salient_region
+from edge_saliency.pipeline.render import normalise_for_display
 
 log = logging.getLogger("edge_saliency")
 

@@ -10,7 +10,7 @@ so capture-to-display latency is measurable.
     cap.no_signal, cap.finished(last.id), cap.stats
     cap.stop()
 
-Modes (from the source's attributes, see `edge_saliency.sources.Source`):
+Modes (from the source's attributes, see `edge_saliency.pipeline.sources.Source`):
 - camera / stream: latest frame; older unread frames are dropped.
 - files, images and generated sources with realtime=True: paced to the source's FPS, then as a
   camera (a slow loop drops frames, as a video player does).
@@ -32,7 +32,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from edge_saliency.sources import EndOfStream, Source, SourceError
+from edge_saliency.pipeline.sources import EndOfStream, Source, SourceError
 
 log = logging.getLogger("edge_saliency")
 

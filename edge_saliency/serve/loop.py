@@ -16,12 +16,12 @@ import threading
 import time
 from dataclasses import dataclass
 
-from edge_saliency.capture import Capture, Frame
-from edge_saliency.history import History
-from edge_saliency.live import FpsMeter, region_map_for, result_record
-from edge_saliency.model import Result
-from edge_saliency.render import HudStats
-from edge_saliency.sources import Source
+from edge_saliency.pipeline.capture import Capture, Frame
+from edge_saliency.pipeline.history import History
+from edge_saliency.pipeline.live import FpsMeter, region_map_for, result_record
+from edge_saliency.runtime.model import Result
+from edge_saliency.pipeline.render import HudStats
+from edge_saliency.pipeline.sources import Source
 
 log = logging.getLogger("edge_saliency")
 

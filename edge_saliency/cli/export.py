@@ -1,107 +1,12 @@
-"""`edge-saliency` command line: export, run, and the tools built on them.
-
-Every user error ends as one line on stderr and a non-zero exit; set EDGE_SALIENCY_DEBUG=1 to
-see the traceback of an unexpected failure.
-"""
+"""`edge-saliency export`: parse -> one BuildSpec -> the graph builder (``--onnx``, no torch) or the
+torch front end (export/), which hands the same spec to the same builder."""
 from __future__ import annotations
 
-import argparse
-import logging
-import os
-import sys
-from pathlib import Path
-
 from edge_saliency import methods
+from edge_saliency.cli.args import _floats, _size, channel_values
 from edge_saliency.errors import UserError
 
-PROG = "edge-saliency"
 
-
-def _floats(text: str, n: int | None = None, what: str = "value") -> list[float]:
-    try:
-        vals = [float(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise UserError(f"{what} wants comma-separated numbers, got {text!r}") from None
-    if n is not None and len(vals) != n:
-        raise UserError(f"{what} wants {n} comma-separated numbers, got {text!r}")
-    return vals
-
-
-def channel_values(text: str | None, what: str, positive: bool = False) -> tuple[float, float, float] | None:
-    """'127' or '123.7,116.3,103.5' -> three per-channel values (one value is used for all three)."""
-    if not text:
-        return None
-    vals = _floats(text, None, what)
-    if len(vals) == 1:
-        vals = vals * 3
-    if len(vals) != 3:
-        raise UserError(f"{what} wants 1 or 3 comma-separated numbers, got {text!r}")
-    if positive and min(vals) <= 0:
-        raise UserError(f"{what} values must be positive")
-    return vals[0], vals[1], vals[2]
-
-
-def _size(text: str) -> tuple[int, int]:
-    try:
-        parts = [int(v) for v in text.lower().replace("x", ",").split(",")]
-    except ValueError:
-        raise UserError(f"--input-size wants N or HxW, got {text!r}") from None
-    if len(parts) == 1:
-        parts = parts * 2
-    if len(parts) != 2 or min(parts) < 16:
-        raise UserError(f"--input-size wants N or HxW with sides of at least 16, got {text!r}")
-    return parts[0], parts[1]
-
-
-# ---------------------------------------------------------------- the default model
-def _built_by(path: Path) -> str | None:
-    """The edge-saliency version that wrote ``path`` (from its metadata), or None."""
-    import json
-
-    import onnxruntime as ort
-
-    try:
-        opts = ort.SessionOptions()
-        opts.log_severity_level = 3
-        props = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"]).get_modelmeta().custom_metadata_map
-        return json.loads(props.get("edge_saliency.export", "{}")).get("edge_saliency")
-    except Exception:
-        return None
-
-
-def ensure_default_model(log_fn=print) -> Path:
-    """The default pretrained model: exported on first use where torch is installed, and again
-    when the cached file was written by another release (whose maps may differ)."""
-    import edge_saliency
-    from edge_saliency.model import default_model_path
-
-    path = default_model_path()
-    if path.is_file():
-        built = _built_by(path)
-        if built == edge_saliency.__version__:
-            return path
-        try:
-            import export.build  # noqa: F401
-        except ImportError:
-            log_fn(f"note: {path} was written by edge-saliency {built or 'unknown'}, this is "
-                   f"{edge_saliency.__version__}; no torch here to export it again, using it as it is")
-            return path
-        log_fn(f"note: {path} was written by edge-saliency {built or 'unknown'}; exporting it again")
-    try:
-        from export.build import ExportOptions, export_from_options
-    except ImportError as exc:
-        raise UserError(
-            f"no default model at {path} and no torch here to export it: run `edge-saliency export "
-            f"--out {path}` on a machine with pip install 'edge-saliency[export]', copy it here, "
-            "or pass --model"
-        ) from exc
-    path.parent.mkdir(parents=True, exist_ok=True)
-    log_fn(f"first run: exporting the default model to {path}")
-    export_from_options(ExportOptions(out=str(path)), log=log_fn)
-    return path
-
-
-# ---------------------------------------------------------------- export
 def add_export_parser(sub) -> None:
     p = sub.add_parser("export", help="add in-graph saliency maps to a CNN and write one checked ONNX file",
                        description="Export a CNN (from torch, or an existing ONNX classifier with --onnx) to one "
@@ -185,51 +90,3 @@ def cmd_export(args) -> int:
     print(f"wrote {report['path']} ({report['size_mb']:.1f} MB, outputs: {', '.join(report['outputs'])}) in "
           f"{report['seconds']:.1f}s; maps vs numpy reference max |diff|: {worst or 'no maps'}{extra}")
     return 0
-
-
-# ---------------------------------------------------------------- main
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=PROG, description="Real-time CNN saliency maps on small devices.")
-    parser.add_argument("--version", action="version", version=f"%(prog)s {__import__('edge_saliency').__version__}")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    add_export_parser(sub)
-    for mod_name in ("edge_saliency.live", "edge_saliency.serve", "edge_saliency.bench", "edge_saliency.explain"):
-        try:
-            mod = __import__(mod_name, fromlist=["add_parser"])
-        except ModuleNotFoundError as exc:
-            if exc.name != mod_name:
-                raise
-            continue
-        add = getattr(mod, "add_parser", None)
-        if add is not None:
-            add(sub)
-    return parser
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
-    if not getattr(args, "func", None):
-        parser.print_help()
-        return 2
-    try:
-        return int(args.func(args) or 0)
-    except UserError as exc:
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
-        return exc.exit_code
-    except KeyboardInterrupt:
-        print(f"{PROG}: interrupted", file=sys.stderr)
-        return 130
-    except Exception as exc:  # a bug, not the user's fault: still one line unless debugging
-        if os.environ.get("EDGE_SALIENCY_DEBUG"):
-            raise
-        print(f"{PROG}: error: unexpected {type(exc).__name__}: {exc} (EDGE_SALIENCY_DEBUG=1 shows the traceback)",
-              file=sys.stderr)
-        return 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())

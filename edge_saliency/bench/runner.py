@@ -48,7 +48,8 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_saliency import contract, device_info, engines, providers
+from edge_saliency import contract
+from edge_saliency.runtime import device_info, engines, providers
 from edge_saliency.errors import UserError
 
 GPU_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider")
@@ -177,7 +178,7 @@ class Variant:
 
 
 def open_variant(v: Variant, proc) -> None:
-    from edge_saliency.model import SaliencyModel
+    from edge_saliency.runtime.model import SaliencyModel
 
     rss0 = proc.memory_info().rss
     # intra-op spinning off (see module doc); OpenVINO runs on its CPU device
@@ -189,7 +190,7 @@ def open_variant(v: Variant, proc) -> None:
     v.model = model
     v.rss_mb = (proc.memory_info().rss - rss0) / 1e6
     try:
-        from edge_saliency.render import Renderer
+        from edge_saliency.pipeline.render import Renderer
     except ImportError:
         return
     if not v.plain:
@@ -292,7 +293,7 @@ def measure_accuracy(variants: list[Variant], src: Path, images: dict[str, np.nd
     if ref is not None:
         ref_model = ref.model
     else:
-        from edge_saliency.model import SaliencyModel
+        from edge_saliency.runtime.model import SaliencyModel
 
         ref_model = SaliencyModel(src, provider="cpu", threads=None, session_config=NO_SPINNING)
     reference = {n: ref_model.predict(img) for n, img in images.items()}
@@ -514,8 +515,7 @@ def plan(args, available: list[str], can_make: bool) -> tuple[list[Variant], lis
 def cmd_bench(args) -> int:
     import onnxruntime as ort
 
-    from edge_saliency.cli import ensure_default_model
-    from edge_saliency.model import cache_dir
+    from edge_saliency.runtime.model import cache_dir
 
     if args.runs < 10:
         raise UserError("--runs must be at least 10")
@@ -527,7 +527,7 @@ def cmd_bench(args) -> int:
         if out and not Path(out).resolve().parent.is_dir():
             raise UserError(f"cannot write {out}: its directory does not exist")
     log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
-    src = Path(args.model) if args.model else ensure_default_model(log)
+    src = Path(args.model) if args.model else args.default_model(log)
     if not src.is_file():
         raise UserError(f"model file not found: {src}")
     try:

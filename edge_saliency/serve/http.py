@@ -35,10 +35,10 @@ from urllib.parse import parse_qs, urlsplit
 
 import cv2
 
-from edge_saliency.render import normalise_for_display
-from edge_saliency.serve_jobs import JobRejected
-from edge_saliency.serve_page import render_page
-from edge_saliency.serve_streams import BOUNDARY
+from edge_saliency.pipeline.render import normalise_for_display
+from edge_saliency.serve.jobs import JobRejected
+from edge_saliency.serve.page import render_page
+from edge_saliency.serve.streams import BOUNDARY
 
 log = logging.getLogger("edge_saliency")
 

@@ -204,7 +204,7 @@ def render_page(views: list[str], view: str, source: str, camera: str | None = N
                 cameras: list[str] | tuple = ()) -> bytes:
     """camera: None for the default camera's page at / (plain URLs), else that camera's (/cameras/NAME/);
     cameras: every camera's name, linked in the header when there are several."""
-    from edge_saliency.render import VIEW_HELP, VIEWS
+    from edge_saliency.pipeline.render import VIEW_HELP, VIEWS
 
     buttons = "".join(
         f'<button type="button" data-view="{html.escape(v)}" title="{html.escape(VIEW_HELP.get(v, ""))}">'

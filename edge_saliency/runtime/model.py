@@ -99,7 +99,7 @@ def read_model_info(meta: dict, path: str) -> ModelInfo:
 class SaliencyModel:
     def __init__(self, path: str | os.PathLike, provider: str | None = "auto", threads: int | None = None,
                  engine: str = "onnxruntime", session_config: dict[str, str] | None = None):
-        from edge_saliency import engines
+        from edge_saliency.runtime import engines
 
         self.path = str(path)
         if not Path(path).is_file():

@@ -1,0 +1,1 @@
+"""How saliency maps are judged from model outputs alone: ADCC, insertion/deletion, pointing game."""
