@@ -157,6 +157,14 @@ def _write_png(path: Path, img: np.ndarray) -> None:
 
 # ---------------------------------------------------------------- explain
 def cmd_explain(args) -> int:
+    if args.images:
+        if args.inputs:
+            raise UserError("give images either as arguments or with --images (a dataset run), not both")
+        from edge_saliency.explain import dataset
+
+        return dataset.cmd(args, "explain")
+    if not args.inputs:
+        raise UserError("explain needs images: files, folders or sample:NAME, or --images DIR|LIST.txt|FILE.parquet")
     images = load_images(args.inputs)
     classifier, model = open_classifier(args)
     names = registry.parse_methods(args.method, model)
@@ -301,6 +309,10 @@ def contact_sheet(sheet_rows, names, height: int = 160) -> np.ndarray:
 def cmd_eval(args) -> int:
     if not args.images:
         raise UserError("eval needs --images (files, folders or sample:NAME)")
+    if args.out:
+        from edge_saliency.explain import dataset
+
+        return dataset.cmd(args, "eval")
     images = load_images(args.images)
     boxes = metrics.read_boxes(args.boxes) if args.boxes else None
     classifier, model = open_classifier(args)
@@ -363,10 +375,13 @@ def _common(p) -> None:
 def add_parser(sub) -> None:
     p = sub.add_parser("explain", help="saliency maps of images by in-graph or black-box methods",
                        description="Explain images: PNG overlay + .npy map per image and method, and summary.json.")
-    p.add_argument("inputs", nargs="+", help="image files, folders, or sample:NAME")
+    p.add_argument("inputs", nargs="*", help="image files, folders, or sample:NAME")
+    p.add_argument("--images", nargs="+", help="a dataset run: folders, LIST.txt, FILE.parquet, files or sample:NAME "
+                                               "-> Parquet results and maps under --out, resumable")
     p.add_argument("--method", default="decam", help="comma list of " + ", ".join(registry.KNOWN) + " (default: %(default)s)")
     p.add_argument("--out", default="maps", help="output folder (default: %(default)s)")
     _common(p)
+    dataset_arguments(p, with_out=False)
     p.set_defaults(func=cmd_explain)
 
     e = sub.add_parser("eval", help="judge saliency methods: ADCC, insertion/deletion, pointing game, reconstruction",
@@ -378,4 +393,11 @@ def add_parser(sub) -> None:
     e.add_argument("--boxes", help="JSON {image stem: [[x0, y0, x1, y1], ...]} for the pointing game")
     e.add_argument("--steps", type=int, default=32, help="insertion/deletion steps (default: %(default)s)")
     _common(e)
+    dataset_arguments(e, with_out=True)
     e.set_defaults(func=cmd_eval)
+
+
+def dataset_arguments(p, with_out: bool) -> None:
+    from edge_saliency.explain.dataset import add_arguments
+
+    add_arguments(p, with_out)
