@@ -633,6 +633,12 @@ def _pool_init(job: Job) -> None:
     import signal
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the driver handles Ctrl-C and stops the pool
+    try:  # Linux: die with the driver, even when it is killed outright (no orphans finishing a chunk)
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
     global _WORKER
     _WORKER = ChunkWorker(job)
 
@@ -739,6 +745,15 @@ def run(job: Job, items: list[Item], out: Path, workers: int = 1, chunk_size: in
         bar.update(len(p.chunks[k]), len(errors))
 
     t0 = time.perf_counter()
+    import signal
+
+    def _term(signum, frame):  # `kill` (SIGTERM) stops like Ctrl-C: the pool is stopped, the parts merged
+        raise KeyboardInterrupt
+
+    try:
+        old_term = signal.signal(signal.SIGTERM, _term)
+    except ValueError:  # not the main thread
+        old_term = None
     try:
         if p.chunks:
             if use_ray:
@@ -749,6 +764,8 @@ def run(job: Job, items: list[Item], out: Path, workers: int = 1, chunk_size: in
             else:
                 run_local(job, p.chunks, on_chunk, workers, blobs_of, opened=opened)
     finally:
+        if old_term is not None:
+            signal.signal(signal.SIGTERM, old_term)
         bar.close()
         seconds = time.perf_counter() - t0
         path, table = store.merge(items)
@@ -810,6 +827,8 @@ def cmd(args, mode: str) -> int:
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} exists and is not a folder")
+    if mode == "eval" and args.sheet:
+        raise UserError("--sheet is for eval without --out; a dataset run writes an overlay per map under OUT/maps")
     if mode == "eval" and args.steps < 1:
         raise UserError("--steps must be at least 1")
     if args.batch_size < 1:
@@ -864,5 +883,11 @@ def cmd(args, mode: str) -> int:
           f"({rate:.2f} images/s, {s['engine']}, {args.workers} worker{'s' * (args.workers > 1)}), "
           f"{s['skipped']} results kept from earlier runs")
     if mode == "eval" and ok:
-        print(format_table(summary_means(table, names), with_pointing=boxes is not None))
+        means = summary_means(table, names)
+        print(format_table(means, with_pointing=boxes is not None))
+        if args.json:
+            Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.json).write_text(json.dumps({"results": str(s["results"]), "images": len(items),
+                                                   "methods": names, "summary": means}, indent=2))
+            print(f"wrote {args.json}")
     return 0
