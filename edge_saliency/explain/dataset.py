@@ -319,6 +319,7 @@ class ChunkWorker:
         from edge_saliency.explain.methods import BLACK_BOX
 
         blobs = blobs or {}
+        t_start = time.time()
         rows: list[dict] = []
         loaded = []
         for item, todo in tasks:
@@ -346,6 +347,9 @@ class ChunkWorker:
                     rows.append(self._row(item, method, image, x, by_key[(item.id, method)]))
         order = {(it.id, m): k for k, (it, todo) in enumerate(tasks) for m in todo}
         rows.sort(key=lambda r: (order[(r["image"], r["method"])], self.job.methods.index(r["method"])))
+        t_end = time.time()
+        for r in rows:  # when this worker started and finished the chunk (benchmarks; not in the table)
+            r["_chunk_start"], r["_chunk_end"] = t_start, t_end
         return rows
 
     def _in_graph_batch(self, group) -> dict:
@@ -534,6 +538,8 @@ class Store:
         by_name = {}
         for r in rows:
             npy, png = r.pop("_npy", None), r.pop("_png", None)
+            for k in [k for k in r if k.startswith("_")]:
+                del r[k]
             if r.get("status") != "ok":
                 continue
             name = by_name.setdefault(r["image"], self._map_name(r["image"]))

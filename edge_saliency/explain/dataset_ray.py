@@ -81,7 +81,10 @@ def run_ray(job: Job, chunks: list, on_chunk, blobs_of, address: str | None = No
         except Exception as exc:
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             where = "a local Ray" if address in (None, "", "local") else f"the Ray cluster at {address}"
-            raise UserError(f"cannot start or join {where}: {first[:300]}") from None
+            hint = ("" if address in (None, "", "local") else
+                    " (is it running? A cluster with token authentication, the default from Ray 2.59 on, "
+                    "needs its token here too: RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH)")
+            raise UserError(f"cannot start or join {where}: {first[:300]}{hint}") from None
         started = True
     logging.getLogger("ray.data").setLevel(logging.WARNING)
     ctx = ray.data.DataContext.get_current()
