@@ -114,9 +114,38 @@ def one_run(job, items, out: Path, engine: str, workers: int, chunk: int) -> dic
             "driver_write_s_per_image": t.write_s / t.images}
 
 
+def markdown(report: dict) -> str:
+    """The tables of benchmarks/results/explain_dataset_throughput.md from the JSON report."""
+    lines = ["| workload | runner | workers | wall img/s | steady img/s (min-max) | per worker img/s | "
+             "workers that got chunks |", "|---|---|---:|---:|---:|---:|---:|"]
+    for wname, per in report["medians"].items():
+        for cfg, m in per.items():
+            engine, n = cfg.rsplit("-", 1)
+            runner = "Ray Data actors" if engine == "ray" else ("in-process" if n == "1" else "process pool")
+            lo, hi = m["steady_ips_min_max"]
+            seen = sorted({r["workers_seen"] for r in report["runs"][wname][cfg]})
+            lines.append(f"| {wname} | {runner} | {n} | {m['wall_ips']:.2f} | {m['steady_ips']:.2f} ({lo:.2f}-{hi:.2f}) "
+                         f"| {m['per_worker_ips']:.2f} | {'/'.join(map(str, seen))} |")
+    proj = report["projection"]
+    k = proj["workers_per_node"]
+    nodes = list(next(v for key, v in proj.items() if key != "workers_per_node")["nodes"])
+    lines += ["", f"Projection (not a measurement): N nodes x {k} workers x the per-worker rate of one Ray actor, "
+              "capped by the driver's measured write time per image.", "",
+              "| workload | per worker img/s | driver cap img/s | " + " | ".join(f"{n} node{'s' * (int(n) > 1)}"
+                                                                          for n in nodes) + " |",
+              "|---|---:|---:|" + "---:|" * len(nodes)]
+    for wname, v in proj.items():
+        if wname == "workers_per_node":
+            continue
+        lines.append(f"| {wname} | {v['per_worker_ips']:.2f} | {v['driver_cap_ips']:.0f} | "
+                     + " | ".join(f"{v['nodes'][n]:.1f}" for n in nodes) + " |")
+    return "\n".join(lines)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--model", required=True)
+    ap.add_argument("--report", help="print the markdown tables of an earlier --json report and exit")
+    ap.add_argument("--model")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--single-images", type=int, default=64)
     ap.add_argument("--decam-images", type=int, default=6)
@@ -125,6 +154,11 @@ def main() -> int:
     ap.add_argument("--workers-per-node", type=int, default=8)
     ap.add_argument("--json")
     args = ap.parse_args()
+    if args.report:
+        print(markdown(json.loads(Path(args.report).read_text())))
+        return 0
+    if not args.model:
+        ap.error("--model is required")
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     tmp = Path(tempfile.mkdtemp(prefix="es_dataset_bench_"))
     make_images(tmp / "single", args.single_images)
