@@ -85,7 +85,7 @@ def test_pool_and_local_ray_write_the_same_rows(photo_dir, tmp_path, lite0_onnx)
     try:
         assert main(base + ["--out", str(tmp_path / "ray"), "--ray", "--workers", "2"]) == 0
         workers = {w for w in pq.read_table(tmp_path / "ray" / dataset.RESULTS).column("worker").to_pylist()}
-        # a node without the model file gets it through the object store, into its own cache
+        # a node without the model file writes the bytes the driver sent into its own cache
         from dataclasses import replace
 
         from edge_saliency.explain.dataset_ray import local_model
@@ -94,7 +94,7 @@ def test_pool_and_local_ray_write_the_same_rows(photo_dir, tmp_path, lite0_onnx)
                           model_sha256=dataset.file_sha256(str(lite0_onnx)), methods=["smoe"], settings={})
         os.environ["EDGE_SALIENCY_HOME"] = str(tmp_path / "home")
         try:
-            copy = local_model(job, [ray.put(Path(lite0_onnx).read_bytes())])
+            copy = local_model(job, Path(lite0_onnx).read_bytes())
         finally:
             del os.environ["EDGE_SALIENCY_HOME"]
         assert Path(copy).parent == tmp_path / "home" / "models" and dataset.file_sha256(copy) == job.model_sha256
