@@ -237,6 +237,7 @@ def test_dataset_errors_are_one_line(photo_dir, tmp_path, lite0_onnx):
         "both": (["explain", "sample:coffee", "--images", str(photo_dir)], "not both"),
         "gpus": (["explain", "--images", str(photo_dir), "--num-gpus", "1"], "add --ray"),
         "workers": (["explain", "--images", str(photo_dir), "--workers", "0"], "--workers"),
+        "single": (["explain", "sample:coffee", "--ray"], "--ray is for dataset runs"),
     }
     for name, (args, text) in cases.items():
         r = cli(*args, "--model", str(lite0_onnx), "--method", "smoe", "--out", str(tmp_path / name))

@@ -165,6 +165,7 @@ def cmd_explain(args) -> int:
         return dataset.cmd(args, "explain")
     if not args.inputs:
         raise UserError("explain needs images: files, folders or sample:NAME, or --images DIR|LIST.txt|FILE.parquet")
+    _no_dataset_flags(args, "explain IMAGES... (give them with --images for a dataset run)")
     images = load_images(args.inputs)
     classifier, model = open_classifier(args)
     names = registry.parse_methods(args.method, model)
@@ -313,6 +314,7 @@ def cmd_eval(args) -> int:
         from edge_saliency.explain import dataset
 
         return dataset.cmd(args, "eval")
+    _no_dataset_flags(args, "eval without --out (add --out OUT/ for a dataset run)")
     images = load_images(args.images)
     boxes = metrics.read_boxes(args.boxes) if args.boxes else None
     classifier, model = open_classifier(args)
@@ -395,6 +397,15 @@ def add_parser(sub) -> None:
     _common(e)
     dataset_arguments(e, with_out=True)
     e.set_defaults(func=cmd_eval)
+
+
+def _no_dataset_flags(args, where: str) -> None:
+    used = [flag for flag, on in (("--workers", args.workers != 1), ("--ray", args.ray is not None),
+                                  ("--chunk-size", args.chunk_size is not None), ("--num-cpus", args.num_cpus is not None),
+                                  ("--num-gpus", args.num_gpus is not None), ("--ship-images", args.ship_images),
+                                  ("--no-overlays", args.no_overlays)) if on]
+    if used:
+        raise UserError(f"{used[0]} is for dataset runs; {where}")
 
 
 def dataset_arguments(p, with_out: bool) -> None:
