@@ -668,13 +668,38 @@ def run_local(job: Job, chunks: list, on_chunk, workers: int, blobs_of, opened: 
             on_chunk(k, w.run(tasks, blobs_of(tasks)))
         return
     import multiprocessing as mp
+    import queue
 
     ctx = mp.get_context("spawn")  # ONNX Runtime's threads do not survive fork
     pool = ctx.Pool(workers, initializer=_pool_init, initargs=(job,))
+    # at most 2 chunks per worker in flight (imap would queue every chunk, with its image bytes, at once)
+    results: queue.Queue = queue.Queue()
+    pending = iter(enumerate(chunks))
+    inflight = 0
+
+    def submit() -> None:
+        nonlocal inflight
+        nxt = next(pending, None)
+        if nxt is not None:
+            k, tasks = nxt
+            pool.apply_async(_pool_run, ((k, tasks, blobs_of(tasks)),), callback=results.put,
+                             error_callback=results.put)
+            inflight += 1
+
     try:
-        payloads = ((k, tasks, blobs_of(tasks)) for k, tasks in enumerate(chunks))
-        for k, blob in pool.imap_unordered(_pool_run, payloads):
+        for _ in range(2 * workers):
+            submit()
+        while inflight:
+            try:
+                res = results.get(timeout=0.5)
+            except queue.Empty:
+                continue
+            inflight -= 1
+            if isinstance(res, BaseException):
+                raise res
+            k, blob = res
             on_chunk(k, pickle.loads(blob))
+            submit()
         pool.close()
     except BaseException:
         pool.terminate()
