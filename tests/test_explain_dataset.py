@@ -66,9 +66,30 @@ def test_inputs_folder_list_and_parquet(photo_dir, tmp_path):
         dataset.read_image(items[1], blobs["b"])
     with pytest.raises(dataset.UserError, match="listed twice"):
         dataset.list_images([str(photo_dir / "coffee.jpg"), str(photo_dir / "coffee.jpg")])
+    # rows are streamed in order, whatever the row groups; an earlier row reopens the file
+    three = pa.table({"image": [(photo_dir / f"{n}.jpg").read_bytes() for n in ("coffee", "chelsea", "coffee")]})
+    pq.write_table(three, tmp_path / "three.parquet", row_group_size=1)
+    items = dataset.list_images([str(tmp_path / "three.parquet")])
+    assert [it.id for it in items] == ["row0", "row1", "row2"]
+    reader = dataset.ParquetImages(batch_rows=2)
+    assert reader.get(items[2]) == three.column("image")[2].as_py()
+    assert reader.get(items[1]) == three.column("image")[1].as_py()
     pq.write_table(pa.table({"x": [1]}), tmp_path / "bad.parquet")
     with pytest.raises(dataset.UserError, match="'path' column"):
         dataset.list_images([str(tmp_path / "bad.parquet")])
+
+
+def test_parquet_of_image_bytes_in(tmp_path, photo_dir, lite0_onnx):
+    table = pa.table({"id": ["cup", "junk", "cat"], "image": [(photo_dir / "coffee.jpg").read_bytes(), b"junk",
+                                                             (photo_dir / "chelsea.jpg").read_bytes()]})
+    pq.write_table(table, tmp_path / "set.parquet", row_group_size=2)
+    out = tmp_path / "out"
+    assert main(["explain", "--images", str(tmp_path / "set.parquet"), "--method", "smoe,recipro", "--model",
+                 str(lite0_onnx), "--threads", "1", "-q", "--out", str(out), "--chunk-size", "2"]) == 0
+    got = {(r["image"], r["method"]): r for r in rows(out)}
+    assert got[("cup", "recipro")]["label"] == "espresso" and got[("cat", "smoe")]["label"] == "Egyptian cat"
+    assert got[("junk", "smoe")]["status"] == "error" and got[("cup", "smoe")]["source"].endswith("set.parquet#0")
+    assert (out / got[("cat", "smoe")]["map_path"]).is_file() and len(list((out / "parts").iterdir())) == 2
 
 
 def test_pool_and_local_ray_write_the_same_rows(photo_dir, tmp_path, lite0_onnx):

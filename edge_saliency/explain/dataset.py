@@ -214,20 +214,40 @@ def read_image(item: Item, blob: bytes | None = None) -> np.ndarray:
     return img
 
 
+class ParquetImages:
+    """Image bytes of items that live in Parquet files, read in one forward pass per file.
+
+    A plan asks for rows in increasing order (chunks follow the input order), so each file is
+    streamed once, a batch of rows at a time, whatever its row groups; asking for an earlier row
+    reopens that file."""
+
+    def __init__(self, batch_rows: int = 256):
+        self.batch_rows = batch_rows
+        self.cursors: dict[str, list] = {}  # path -> [batch iterator, first row of batch, batch column]
+
+    def get(self, item: Item) -> bytes | None:
+        cur = self.cursors.get(item.parquet)
+        if cur is None or item.row < cur[1]:
+            _, pq = require_pyarrow()
+            it = pq.ParquetFile(item.parquet).iter_batches(batch_size=self.batch_rows, columns=["image"])
+            cur = self.cursors[item.parquet] = [it, 0, None]
+        while cur[2] is None or item.row >= cur[1] + len(cur[2]):
+            if cur[2] is not None:
+                cur[1] += len(cur[2])
+            try:
+                cur[2] = next(cur[0]).column(0)
+            except StopIteration:
+                return None
+        v = cur[2][item.row - cur[1]].as_py()
+        return bytes(v) if v is not None else None
+
+    def blobs(self, items: list[Item]) -> dict[str, bytes]:
+        return {it.id: self.get(it) for it in items if it.parquet is not None}
+
+
 def parquet_blobs(items: list[Item]) -> dict[str, bytes]:
-    """The encoded image bytes of the items that live in a Parquet file (read per file, one pass)."""
-    pa, pq = require_pyarrow()
-    by_file: dict[str, list[Item]] = {}
-    for it in items:
-        if it.parquet is not None:
-            by_file.setdefault(it.parquet, []).append(it)
-    out = {}
-    for path, its in by_file.items():
-        col = pq.read_table(path, columns=["image"]).column("image")
-        for it in its:
-            v = col[it.row].as_py()
-            out[it.id] = bytes(v) if v is not None else None
-    return out
+    """The encoded image bytes of the items that live in a Parquet file."""
+    return ParquetImages().blobs(items)
 
 
 # ---------------------------------------------------------------- the job
@@ -761,9 +781,11 @@ def run(job: Job, items: list[Item], out: Path, workers: int = 1, chunk_size: in
                           enabled=progress)
     written = {"parts": 0, "rows": 0, "errors": 0}
 
+    parquet = ParquetImages()
+
     def blobs_of(tasks):
         need = [it for it, _ in tasks if it.parquet is not None or (ship_images and it.path is not None)]
-        blobs = parquet_blobs(need)
+        blobs = parquet.blobs(need)
         if ship_images:
             for it in need:
                 if it.path is not None:
@@ -886,11 +908,12 @@ def cmd(args, mode: str) -> int:
                         "explain the top-1 class only; re-export with --class-input, or drop --class")
     boxes = metrics.read_boxes(args.boxes) if mode == "eval" and args.boxes else None
     refs = []
+    first_rows = ParquetImages()
     for it in items:  # the reconstruction checks (eval's, maskopt's own) fill from the first readable images
         if len(refs) == 5:
             break
         try:
-            blob = parquet_blobs([it]).get(it.id) if it.parquet else None
+            blob = first_rows.get(it) if it.parquet else None
             refs.append((it.id, preprocess(classifier, model, read_image(it, blob))))
         except UserError:
             continue
