@@ -66,6 +66,8 @@ def open_classifier(args):
     a plain ONNX classifier (float NCHW input) with --mean/--std/--bgr."""
     from edge_saliency.runtime.model import SaliencyModel
 
+    if not args.model and getattr(args, "default_model", None) is None:
+        raise UserError("no model given (--model)")
     path = args.model or str(args.default_model(log_fn=lambda m: print(m, file=sys.stderr)))
     if not args.plain:
         try:
@@ -157,6 +159,15 @@ def _write_png(path: Path, img: np.ndarray) -> None:
 
 # ---------------------------------------------------------------- explain
 def cmd_explain(args) -> int:
+    if args.images:
+        if args.inputs:
+            raise UserError("give images either as arguments or with --images (a dataset run), not both")
+        from edge_saliency.explain import dataset
+
+        return dataset.cmd(args, "explain")
+    if not args.inputs:
+        raise UserError("explain needs images: files, folders or sample:NAME, or --images DIR|LIST.txt|FILE.parquet")
+    _no_dataset_flags(args, "explain IMAGES... (give them with --images for a dataset run)")
     images = load_images(args.inputs)
     classifier, model = open_classifier(args)
     names = registry.parse_methods(args.method, model)
@@ -301,6 +312,11 @@ def contact_sheet(sheet_rows, names, height: int = 160) -> np.ndarray:
 def cmd_eval(args) -> int:
     if not args.images:
         raise UserError("eval needs --images (files, folders or sample:NAME)")
+    if args.out:
+        from edge_saliency.explain import dataset
+
+        return dataset.cmd(args, "eval")
+    _no_dataset_flags(args, "eval without --out (add --out OUT/ for a dataset run)")
     images = load_images(args.images)
     boxes = metrics.read_boxes(args.boxes) if args.boxes else None
     classifier, model = open_classifier(args)
@@ -363,10 +379,13 @@ def _common(p) -> None:
 def add_parser(sub) -> None:
     p = sub.add_parser("explain", help="saliency maps of images by in-graph or black-box methods",
                        description="Explain images: PNG overlay + .npy map per image and method, and summary.json.")
-    p.add_argument("inputs", nargs="+", help="image files, folders, or sample:NAME")
+    p.add_argument("inputs", nargs="*", help="image files, folders, or sample:NAME")
+    p.add_argument("--images", nargs="+", help="a dataset run: folders, LIST.txt, FILE.parquet, files or sample:NAME "
+                                               "-> Parquet results and maps under --out, resumable")
     p.add_argument("--method", default="decam", help="comma list of " + ", ".join(registry.KNOWN) + " (default: %(default)s)")
     p.add_argument("--out", default="maps", help="output folder (default: %(default)s)")
     _common(p)
+    dataset_arguments(p, with_out=False)
     p.set_defaults(func=cmd_explain)
 
     e = sub.add_parser("eval", help="judge saliency methods: ADCC, insertion/deletion, pointing game, reconstruction",
@@ -378,4 +397,20 @@ def add_parser(sub) -> None:
     e.add_argument("--boxes", help="JSON {image stem: [[x0, y0, x1, y1], ...]} for the pointing game")
     e.add_argument("--steps", type=int, default=32, help="insertion/deletion steps (default: %(default)s)")
     _common(e)
+    dataset_arguments(e, with_out=True)
     e.set_defaults(func=cmd_eval)
+
+
+def _no_dataset_flags(args, where: str) -> None:
+    used = [flag for flag, on in (("--workers", args.workers != 1), ("--ray", args.ray is not None),
+                                  ("--chunk-size", args.chunk_size is not None), ("--num-cpus", args.num_cpus is not None),
+                                  ("--num-gpus", args.num_gpus is not None), ("--ship-images", args.ship_images),
+                                  ("--no-overlays", args.no_overlays)) if on]
+    if used:
+        raise UserError(f"{used[0]} is for dataset runs; {where}")
+
+
+def dataset_arguments(p, with_out: bool) -> None:
+    from edge_saliency.explain.dataset import add_arguments
+
+    add_arguments(p, with_out)
