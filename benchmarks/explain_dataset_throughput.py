@@ -37,7 +37,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from edge_saliency.explain import dataset  # noqa: E402
+from edge_saliency.explain import dataset, dataset_driver  # noqa: E402
 from edge_saliency.explain import methods as registry  # noqa: E402
 
 
@@ -100,7 +100,7 @@ def one_run(job, items, out: Path, engine: str, workers: int, chunk: int) -> dic
     shutil.rmtree(out, ignore_errors=True)
     with Timed() as t:
         t0 = time.perf_counter()
-        s = dataset.run(job, items, out, workers=workers, chunk_size=chunk, use_ray=engine == "ray",
+        s = dataset_driver.run(job, items, out, workers=workers, chunk_size=chunk, use_ray=engine == "ray",
                         num_cpus=1, progress=False, log=lambda m: None)
         wall = time.perf_counter() - t0
     assert s["table"].num_rows == len(items) * len(job.methods)
