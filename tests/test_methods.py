@@ -133,7 +133,7 @@ def test_gradient_cam_references_against_autograd():
 def test_smoe_statistic_in_the_graph(rng, channels, eps):
     a = relu_activation(rng, channels, 5, 6) * 3.0
     ratio = smoe.smallest_ratio(a, eps)
-    got = run_piece(lambda gw, x: smoe.smoe_scale(gw, x, channels, False, eps, ratio), a)
+    got = run_piece(lambda gw, x: smoe.smoe_scale(gw, x, channels, (5, 6), False, eps, ratio), a)
     for n in range(2):
         want = smoe.ref_smoe_scale(a[n], eps)
         np.testing.assert_allclose(got[n, 0], want, rtol=1e-4, atol=1e-6 * np.abs(want).max())
@@ -141,7 +141,7 @@ def test_smoe_statistic_in_the_graph(rng, channels, eps):
 
 def test_smoe_clamps_negative_activations(rng):
     a = rng.normal(size=(2, 8, 4, 4)).astype(np.float32)
-    got = run_piece(lambda gw, x: smoe.smoe_scale(gw, x, 8, True, 1e-3), a)
+    got = run_piece(lambda gw, x: smoe.smoe_scale(gw, x, 8, (4, 4), True, 1e-3), a)
     for n in range(2):
         np.testing.assert_allclose(got[n, 0], smoe.ref_smoe_scale(np.maximum(a[n], 0), 1e-3), rtol=1e-4, atol=1e-7)
 

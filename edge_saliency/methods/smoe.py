@@ -9,8 +9,7 @@ combined across scale ends as a weighted mean. Outputs: ``smoe`` [N, 1, h, w] an
 
 How the graph computes it (same statistic, cheaper and overflow-free):
     smoe = m * (log2 m - mean_c log2 x) = -m * mean_c log2 r,  r = x / m  (0 < r <= C)
-- both channel means are 1x1 convolutions with constant weights, which ONNX Runtime and OpenVINO
-  run in their blocked convolution layout (no reorder around a reduction);
+- both channel means are MatMuls with a constant row over [N, C, H*W] (ONNX Runtime's GEMM);
 - mean_c log2 r is taken as a sum of logs of products of up to GROUP channels (a quarter of the
   logs): every r is at most C, so a product is at most C**4 (no overflow for any finite
   activation, unlike products of raw activations). The smallest r is eps / m; the group shrinks
@@ -58,13 +57,16 @@ def smallest_ratio(a, eps: float) -> float:
 
 
 # ------------------------------------------------------------------ ONNX head
-def smoe_scale(gw, a: str, channels: int, clamp: bool, eps: float, ratio_min: float = 1.0) -> str:
-    """[N, C, H, W] -> [N, 1, H, W] SMOE Scale statistic (ratio_min: see ``smallest_ratio``)."""
+def smoe_scale(gw, a: str, channels: int, size: tuple[int, int], clamp: bool, eps: float,
+               ratio_min: float = 1.0) -> str:
+    """[N, C, H, W] -> [N, 1, H, W] SMOE Scale statistic (ratio_min: see ``smallest_ratio``).
+    Channel means are MatMuls over [N, C, H*W] (measured against 1x1 Convs and ReduceMean in
+    benchmarks/results/saliency_overhead.md: the fastest of the three under ONNX Runtime)."""
     if clamp:
         a = gw.op("Relu", [a], "smoe_clamp")
-    x = gw.op("Add", [a, gw.const(np.float32(eps), "smoe_eps")], "smoe_x")
-    mean_w = np.full((1, channels, 1, 1), 1.0 / channels, dtype=np.float32)
-    m = gw.op("Conv", [x, gw.const(mean_w, "smoe_mean_w")], "smoe_mean", kernel_shape=[1, 1])
+    x = gw.reshape(gw.op("Add", [a, gw.const(np.float32(eps), "smoe_eps")], "smoe_x"), [0, channels, -1], "smoe_flat")
+    mean_w = np.full((1, channels), 1.0 / channels, dtype=np.float32)
+    m = gw.op("MatMul", [gw.const(mean_w, "smoe_mean_w"), x], "smoe_mean")  # [N, 1, P]
     r = gw.op("Mul", [x, gw.op("Reciprocal", [m], "smoe_inv_mean")], "smoe_ratio")
     p, c = r, channels
     for _ in range(int(math.log2(group_size(channels, ratio_min)))):
@@ -75,9 +77,10 @@ def smoe_scale(gw, a: str, channels: int, clamp: bool, eps: float, ratio_min: fl
     if c != channels:
         p = gw.op("Max", [p, gw.const(np.float32(PRODUCT_MIN), "product_min")], "smoe_prod_safe")
     log_p = gw.op("Log", [p], "smoe_log")
-    sum_w = np.full((1, c, 1, 1), -1.0 / (channels * math.log(2.0)), dtype=np.float32)
-    neg_mean_log2 = gw.op("Conv", [log_p, gw.const(sum_w, "smoe_logmean_w")], "smoe_neg_mean_log2", kernel_shape=[1, 1])
-    return gw.op("Mul", [m, neg_mean_log2], "smoe")
+    sum_w = np.full((1, c), -1.0 / (channels * math.log(2.0)), dtype=np.float32)
+    neg_mean_log2 = gw.op("MatMul", [gw.const(sum_w, "smoe_logmean_w"), log_p], "smoe_neg_mean_log2")
+    s = gw.op("Mul", [m, neg_mean_log2], "smoe_flat_stat")
+    return gw.reshape(s, [0, 1, *size], "smoe")  # 0: the batch, copied
 
 
 def gaussian_cdf(gw, s: str) -> str:
@@ -159,7 +162,7 @@ def build(ctx) -> dict:
     gw, spec = ctx.gw, ctx.spec
     cdf = gamma_cdf if spec.normaliser == "gamma" else gaussian_cdf
     eps = spec.smoe_eps
-    maps = [resize_bilinear(gw, cdf(gw, smoe_scale(gw, e.tensor, e.channels, not e.nonnegative, eps,
+    maps = [resize_bilinear(gw, cdf(gw, smoe_scale(gw, e.tensor, e.channels, e.size, not e.nonnegative, eps,
                                                    smallest_ratio(ctx.values.get(e.tensor), eps))),
                             e.size, ctx.map_size) for e in ctx.scale_ends]
     stacked = gw.op("Concat", maps, outputs=["smoe_scales"], axis=1) if len(maps) > 1 else \
