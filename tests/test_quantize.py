@@ -90,15 +90,49 @@ def test_int8_saliency_subgraphs_stay_float(int8_onnx):
                     assert producer[i].op_type != "QuantizeLinear", node.name
 
 
-def test_int8_maps_correlate_with_fp32(int8_report):
-    corr = int8_report["map_correlation"]
-    assert set(corr) >= {contract.SMOE, contract.RECIPRO, f"{contract.SMOE_SCALES}[0]"}
-    for name, c in corr.items():
-        assert c["mean"] >= MIN_MAP_CORRELATION, (name, c)
+@pytest.fixture(scope="module")
+def fp16_report(lite0_onnx, photos, tmp_path_factory):
+    out = tmp_path_factory.mktemp("fp16") / "lite0_fp16.onnx"
+    quantize.convert(lite0_onnx, out, "fp16", log=lambda m: None)
+    return quantize.accuracy_report(lite0_onnx, out, photos, threads=2)
+
+
+# Judged per image, by the worst one: a map correlating 0.9 with fp32's shows the same places to a
+# person, and the combined maps (what the views show) must do better. A class-specific map is only
+# compared where both explain the same class (where int8 changes the class, its Recipro-CAM is of
+# another class and may well be anti-correlated: measured down to -0.22).
+MIN_COMBINED_MAP = 0.95
+MIN_SCALE_MAP = MIN_MAP_CORRELATION
+
+
+@pytest.mark.parametrize("report", ["int8_report", "fp16_report"])
+def test_variant_maps_correlate_with_fp32_on_every_image(report, request):
+    corr = request.getfixturevalue(report)["map_correlation"]
+    assert set(corr) >= {contract.SMOE, f"{contract.RECIPRO} (same class)", f"{contract.SMOE_SCALES}[4]"}
+    assert corr[contract.SMOE]["min"] >= MIN_COMBINED_MAP, corr[contract.SMOE]
+    assert corr[f"{contract.RECIPRO} (same class)"]["min"] >= MIN_COMBINED_MAP, corr
+    if report == "int8_report":
+        for name, c in corr.items():
+            if name.startswith(contract.SMOE_SCALES):
+                assert c["min"] >= MIN_SCALE_MAP, (name, c)
 
 
 @pytest.mark.xfail(strict=True, reason=(
-    "measured 85% (17/20) on the sample views (85.7% on 56 views), calibrated on other photos: the "
+    "fp16 keeps every map but one scale above 0.9 on every image: the 56x56 scale end (24 channels, "
+    "a linear bottleneck clamped at 0) correlates 0.84 on its worst image, its statistic being "
+    "made of near-zero values that half precision rounds (measured: smoe 0.971, recipro 0.99996)"))
+def test_fp16_every_scale_map_correlates_with_fp32(fp16_report):
+    for name, c in fp16_report["map_correlation"].items():
+        if name.startswith(contract.SMOE_SCALES):
+            assert c["min"] >= MIN_SCALE_MAP, (name, c)
+
+
+def test_fp16_keeps_every_class(fp16_report):
+    assert fp16_report["top1_agreement"] == 1.0
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "measured 80% (16/20) on the sample views with 0.2's block-output scale ends (85% with 0.1's), calibrated on other photos: the "
     "changed classes are on low-confidence images (fp32 top-1 probability < 0.5), where fp32 itself agrees with itself only 80% under +-1 grey level of noise and 70% after "
     "JPEG q95 (benchmarks/results/int8_recipes.md); see test_int8_agrees_on_confident_images and "
     "test_int8_logit_error_is_below_one_grey_level_of_noise"))

@@ -16,12 +16,20 @@ from edge_saliency.errors import UserError
 PROG = "edge-saliency"
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """An argument error is one line on stderr and exit 2, like every other user error (argparse
+    prints the whole usage first, which for `export` is 18 lines). `--help` still shows it all."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (--help lists the options)\n")
+
+
 # ---------------------------------------------------------------- main
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=PROG, description="Real-time CNN saliency maps on small devices.")
+    parser = OneLineParser(prog=PROG, description="Real-time CNN saliency maps on small devices.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__import__('edge_saliency').__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=OneLineParser)
     add_export_parser(sub)
     for mod_name in ("edge_saliency.pipeline.live", "edge_saliency.serve.daemon", "edge_saliency.bench.runner", "edge_saliency.explain"):
         try:

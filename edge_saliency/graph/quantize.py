@@ -572,6 +572,9 @@ def accuracy_report(reference_path, variant_path, images: list[np.ndarray], prov
         for name in (contract.SMOE, contract.RECIPRO):
             if name in a:
                 corr.setdefault(name, []).append(pearson(a[name][0], b[name][0]))
+        if contract.RECIPRO in a and same:  # a class-specific map is only comparable for the same class
+            corr.setdefault(f"{contract.RECIPRO} (same class)", []).append(
+                pearson(a[contract.RECIPRO][0], b[contract.RECIPRO][0]))
         if contract.SMOE_SCALES in a:
             for s in range(a[contract.SMOE_SCALES].shape[1]):
                 corr.setdefault(f"{contract.SMOE_SCALES}[{s}]", []).append(
