@@ -113,3 +113,14 @@ def test_run_command_with_engine(lite0_onnx, tmp_path, engine, expect):
     assert out.returncode == 0, out.stderr
     assert expect in out.stdout + out.stderr
     assert len((tmp_path / "log.jsonl").read_text().splitlines()) == 5
+
+
+def test_ort_spinning_is_off_unless_asked_for(lite0_onnx):
+    """Camera-rate loops must not busy-wait between frames (benchmarks/results/ort_spinning.md)."""
+    from edge_saliency.runtime.model import SaliencyModel
+
+    key = "session.intra_op.allow_spinning"
+    off = SaliencyModel(lite0_onnx, provider="cpu", threads=1)
+    on = SaliencyModel(lite0_onnx, provider="cpu", threads=1, spinning=True)
+    assert off.engine.session.get_session_options().get_session_config_entry(key) == "0"
+    assert on.engine.session.get_session_options().get_session_config_entry(key) == "1"

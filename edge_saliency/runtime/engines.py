@@ -172,10 +172,11 @@ def probe(engine, feeds: dict[str, np.ndarray], runs: int = PROBE_RUNS) -> float
     return float(np.median(times))
 
 
-def choose_auto(path: str, feeds: dict[str, np.ndarray], cache_file: Path, provider=None, threads=None):
+def choose_auto(path: str, feeds: dict[str, np.ndarray], cache_file: Path, provider=None, threads=None,
+                session_config: dict[str, str] | None = None):
     """The faster engine on this machine for this model: cached, else probed (and cached)."""
     key = {"model": _model_key(path), "machine": _machine_key(), "versions": _versions(),
-           "threads": threads, "provider": provider}
+           "threads": threads, "provider": provider, "ort_session": dict(sorted((session_config or {}).items()))}
     cache = {}
     if cache_file.is_file():
         try:
@@ -186,11 +187,11 @@ def choose_auto(path: str, feeds: dict[str, np.ndarray], cache_file: Path, provi
     if entry and entry.get("key") == key and entry.get("engine") in available_engines():
         log.info("engine auto: %s (cached probe: %s)", entry["engine"],
                  ", ".join(f"{k} {v * 1e3:.2f} ms" for k, v in entry["median_s"].items()))
-        return create(entry["engine"], path, provider, threads), entry
+        return create(entry["engine"], path, provider, threads, session_config), entry
     engines, figures = {}, {}
     for name in available_engines():
         try:
-            engines[name] = create(name, path, provider, threads)
+            engines[name] = create(name, path, provider, threads, session_config)
             figures[name] = probe(engines[name], feeds)
         except UserError as exc:
             log.warning("engine auto: %s unavailable: %s", name, exc)

@@ -98,7 +98,12 @@ def read_model_info(meta: dict, path: str) -> ModelInfo:
 
 class SaliencyModel:
     def __init__(self, path: str | os.PathLike, provider: str | None = "auto", threads: int | None = None,
-                 engine: str = "onnxruntime", session_config: dict[str, str] | None = None):
+                 engine: str = "onnxruntime", session_config: dict[str, str] | None = None,
+                 spinning: bool = False):
+        """spinning: ONNX Runtime's intra-op threads busy-wait for work between runs. Off by default:
+        at camera rate a spinning session burns its cores between frames (a Pi's included) and, on a
+        machine shared with capture, encoders or other sessions, takes their cores
+        (benchmarks/results/ort_spinning.md)."""
         from edge_saliency.runtime import engines
 
         self.path = str(path)
@@ -107,13 +112,14 @@ class SaliencyModel:
         if threads is not None and threads < 1:
             raise UserError("--threads must be at least 1")
         t0 = time.perf_counter()
+        session_config = {"session.intra_op.allow_spinning": "1" if spinning else "0", **(session_config or {})}
         if engine == "auto":
-            first = engines.create("onnxruntime", self.path, provider, threads)
+            first = engines.create("onnxruntime", self.path, provider, threads, session_config)
             self.info = self._read_contract(first)
             h, w = self.info.input_size
             feeds = self._feeds(np.zeros((1, h, w, 3), np.uint8), None, first.inputs)
             self.engine, self.engine_choice = engines.choose_auto(
-                self.path, feeds, cache_dir() / "engine_choice.json", provider, threads)
+                self.path, feeds, cache_dir() / "engine_choice.json", provider, threads, session_config)
         else:
             self.engine = engines.create(engine, self.path, provider, threads, session_config)
             self.engine_choice = None
