@@ -8,7 +8,7 @@ size (cv2.resize), coloured with an OpenCV colour map (a LUT) and blended with c
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import cv2
 import numpy as np
@@ -55,7 +55,6 @@ class HudStats:
     inference: float = 0.0
     render: float = 0.0
     provider: str = ""
-    extra: dict = field(default_factory=dict)
 
 
 def normalise_for_display(m: np.ndarray) -> np.ndarray:
