@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test browser bench clean
+.PHONY: demo test browser bench clean gui
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -12,8 +12,20 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q -e ".[export,demo,test]"
 	touch $(STAMP)
 
-demo: $(STAMP)
+demo: $(STAMP) gui
 	$(BIN)/edge-saliency run
+
+# The project depends on opencv-python-headless (no X libraries needed). When there is a display,
+# the demo wants a window: put OpenCV's GUI build (the gui extra, same version) over the headless
+# one. Both packages install the module cv2 into the same folder, so --force-reinstall --no-deps
+# makes the GUI build's files the ones imported while the headless requirement stays satisfied.
+# Without a display nothing is changed and `edge-saliency run` runs headless (and says so).
+gui: $(STAMP)
+	@if [ -z "$$DISPLAY$$WAYLAND_DISPLAY" ]; then :; \
+	elif $(BIN)/python -c "import sys; from edge_saliency.sysdeps import gui_backend; sys.exit(0 if gui_backend() else 1)" 2>/dev/null; then :; \
+	else v=$$($(BIN)/python -c "from importlib.metadata import version; print(version('opencv-python-headless'))") && \
+	  echo "a display is set: installing OpenCV's GUI build (opencv-python==$$v) for the window" && \
+	  $(BIN)/python -m pip install -q --force-reinstall --no-deps "opencv-python==$$v"; fi
 
 test: $(STAMP) browser
 	$(BIN)/python -m pytest -q
