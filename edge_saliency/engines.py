@@ -38,7 +38,7 @@ class OnnxRuntimeEngine:
     name = "onnxruntime"
 
     def __init__(self, path: str, provider: str | None = "auto", threads: int | None = None,
-                 session_config: dict[str, str] | None = None):
+                 session_config: dict[str, str] | None = None, gpu: providers.GpuOptions | None = None):
         import onnxruntime as ort
 
         opts = ort.SessionOptions()
@@ -49,14 +49,31 @@ class OnnxRuntimeEngine:
             opts.intra_op_num_threads = threads
             opts.inter_op_num_threads = 1
         requested = providers.resolve(provider, ort.get_available_providers())
+        self.requested = requested
+        gpu = gpu or providers.GpuOptions()
+        chain = providers.session_providers(requested, gpu, path)
+        notice = None
+        if providers.TENSORRT in requested:
+            folder = gpu.cache_folder()
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise UserError(f"cannot create the TensorRT cache folder {folder} ({exc.strerror}); set trt_cache "
+                                "to a writable folder (config key trt_cache, or $EDGE_SALIENCY_TRT_CACHE)") from None
+            if not providers.cached_engines(folder, providers.engine_prefix(path)):
+                notice = providers.BuildNotice(log.info, Path(path).name, folder)
         try:
-            self.session = ort.InferenceSession(path, opts, providers=requested)
+            if notice is not None:
+                with notice:
+                    self.session = ort.InferenceSession(path, opts, providers=chain)
+            else:
+                self.session = ort.InferenceSession(path, opts, providers=chain)
         except Exception as exc:
             raise UserError(f"cannot load {path} with ONNX Runtime: {_first_line(exc)}") from exc
         self.providers = self.session.get_providers()
-        if self.providers[0] != requested[0]:
-            log.warning("asked for %s, ONNX Runtime runs on %s (fell back)",
-                        providers.short_name(requested[0]), providers.short_name(self.providers[0]))
+        self.fallback = providers.fallback(requested, self.providers)
+        if self.fallback:
+            log.warning("%s", self.fallback)
         self.device = providers.short_name(self.providers[0])
         self.inputs = [i.name for i in self.session.get_inputs()]
         self.outputs = [o.name for o in self.session.get_outputs()]
@@ -127,10 +144,11 @@ def _engine_device_for(name: str, provider: str | None) -> str | None:
 
 
 def create(name: str, path: str, provider: str | None = "auto", threads: int | None = None,
-           session_config: dict[str, str] | None = None):
-    """session_config: ONNX Runtime session config entries (OpenVINO has none to take)."""
+           session_config: dict[str, str] | None = None, gpu: providers.GpuOptions | None = None):
+    """session_config: ONNX Runtime session config entries (OpenVINO has none to take);
+    gpu: CUDA/TensorRT settings (providers.GpuOptions)."""
     if name == "onnxruntime":
-        return OnnxRuntimeEngine(path, provider, threads, session_config)
+        return OnnxRuntimeEngine(path, provider, threads, session_config, gpu)
     if name == "openvino":
         return OpenVINOEngine(path, _engine_device_for(name, provider), threads)
     raise UserError(f"unknown engine {name!r}; choose from: auto, {', '.join(ENGINES)}")
@@ -172,7 +190,7 @@ def probe(engine, feeds: dict[str, np.ndarray], runs: int = PROBE_RUNS) -> float
     return float(np.median(times))
 
 
-def choose_auto(path: str, feeds: dict[str, np.ndarray], cache_file: Path, provider=None, threads=None):
+def choose_auto(path: str, feeds: dict[str, np.ndarray], cache_file: Path, provider=None, threads=None, gpu=None):
     """The faster engine on this machine for this model: cached, else probed (and cached)."""
     key = {"model": _model_key(path), "machine": _machine_key(), "versions": _versions(),
            "threads": threads, "provider": provider}
@@ -186,11 +204,11 @@ def choose_auto(path: str, feeds: dict[str, np.ndarray], cache_file: Path, provi
     if entry and entry.get("key") == key and entry.get("engine") in available_engines():
         log.info("engine auto: %s (cached probe: %s)", entry["engine"],
                  ", ".join(f"{k} {v * 1e3:.2f} ms" for k, v in entry["median_s"].items()))
-        return create(entry["engine"], path, provider, threads), entry
+        return create(entry["engine"], path, provider, threads, gpu=gpu), entry
     engines, figures = {}, {}
     for name in available_engines():
         try:
-            engines[name] = create(name, path, provider, threads)
+            engines[name] = create(name, path, provider, threads, gpu=gpu)
             figures[name] = probe(engines[name], feeds)
         except UserError as exc:
             log.warning("engine auto: %s unavailable: %s", name, exc)

@@ -98,7 +98,9 @@ def read_model_info(meta: dict, path: str) -> ModelInfo:
 
 class SaliencyModel:
     def __init__(self, path: str | os.PathLike, provider: str | None = "auto", threads: int | None = None,
-                 engine: str = "onnxruntime", session_config: dict[str, str] | None = None):
+                 engine: str = "onnxruntime", session_config: dict[str, str] | None = None, gpu=None):
+        """gpu: providers.GpuOptions (CUDA/TensorRT settings; default: device 0, TensorRT fp32, cache
+        under the cache dir)."""
         from edge_saliency import engines
 
         self.path = str(path)
@@ -108,14 +110,14 @@ class SaliencyModel:
             raise UserError("--threads must be at least 1")
         t0 = time.perf_counter()
         if engine == "auto":
-            first = engines.create("onnxruntime", self.path, provider, threads)
+            first = engines.create("onnxruntime", self.path, provider, threads, gpu=gpu)
             self.info = self._read_contract(first)
             h, w = self.info.input_size
             feeds = self._feeds(np.zeros((1, h, w, 3), np.uint8), None, first.inputs)
             self.engine, self.engine_choice = engines.choose_auto(
-                self.path, feeds, cache_dir() / "engine_choice.json", provider, threads)
+                self.path, feeds, cache_dir() / "engine_choice.json", provider, threads, gpu)
         else:
-            self.engine = engines.create(engine, self.path, provider, threads, session_config)
+            self.engine = engines.create(engine, self.path, provider, threads, session_config, gpu)
             self.engine_choice = None
             self.info = self._read_contract(self.engine)
         self.load_seconds = time.perf_counter() - t0

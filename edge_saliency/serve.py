@@ -47,7 +47,11 @@ class Daemon:
             from edge_saliency.model import SaliencyModel, ensure_default_model
 
             path = cfg.model or str(ensure_default_model(log_fn=log.info))
-            model = SaliencyModel(path, provider=cfg.provider, threads=cfg.threads, engine=cfg.engine)
+            from edge_saliency.providers import GpuOptions
+
+            gpu = GpuOptions(device_id=cfg.gpu_device, trt_fp16=cfg.trt_fp16, trt_workspace_mb=cfg.trt_workspace_mb,
+                             trt_cache=cfg.trt_cache)
+            model = SaliencyModel(path, provider=cfg.provider, threads=cfg.threads, engine=cfg.engine, gpu=gpu)
         self.model = model
         class_index = model.class_index(cfg["class"]) if cfg["class"] is not None else None
         if class_index is not None and not model.has_class_input:
