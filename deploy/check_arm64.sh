@@ -19,7 +19,8 @@
 # Times are under emulation (qemu-user, tens of times slower than a Pi): a functional check, not a
 # speed claim. Exit status: 0 when every step passed, 1 otherwise. Takes 30-60 min the first time
 # (debootstrap, wheels), less later. Environment: HOST_PYTHON (a python with torch for the export;
-# default: .venv/bin/python of this checkout, else python3), FRAMES (default 6), MIRROR.
+# default: .venv/bin/python of this checkout, else python3), FRAMES (default 6), MIRROR, QEMU_CPU
+# (default cortex-a72, a Pi 4's core; cortex-a76 for a Pi 5's).
 set -uo pipefail
 
 HERE=$(cd "$(dirname "$0")/.." && pwd)
@@ -88,12 +89,69 @@ for m in proc sys dev dev/pts; do
         esac && mounts+=("$ROOT/$m")
     fi
 done
+# qemu-user 7.2 (Debian 12's) does not emulate /proc/cpuinfo for aarch64 guests: they read the
+# host's x86 one, and onnxruntime's CPU detection (the cpuinfo library) crashes on that at import
+# (SIGSEGV). A real Pi has its own; here the root gets a Raspberry Pi 4's (4 x Cortex-A72), and
+# QEMU_CPU=cortex-a72 gives the emulated CPU that core's instruction set (no SVE, no dot product).
+if [ "$(uname -m)" != aarch64 ]; then
+    cat >"$BASE/cpuinfo.pi4" <<'CPUINFO'
+processor	: 0
+BogoMIPS	: 108.00
+Features	: fp asimd evtstrm crc32 cpuid
+CPU implementer	: 0x41
+CPU architecture: 8
+CPU variant	: 0x0
+CPU part	: 0xd08
+CPU revision	: 3
+
+processor	: 1
+BogoMIPS	: 108.00
+Features	: fp asimd evtstrm crc32 cpuid
+CPU implementer	: 0x41
+CPU architecture: 8
+CPU variant	: 0x0
+CPU part	: 0xd08
+CPU revision	: 3
+
+processor	: 2
+BogoMIPS	: 108.00
+Features	: fp asimd evtstrm crc32 cpuid
+CPU implementer	: 0x41
+CPU architecture: 8
+CPU variant	: 0x0
+CPU part	: 0xd08
+CPU revision	: 3
+
+processor	: 3
+BogoMIPS	: 108.00
+Features	: fp asimd evtstrm crc32 cpuid
+CPU implementer	: 0x41
+CPU architecture: 8
+CPU variant	: 0x0
+CPU part	: 0xd08
+CPU revision	: 3
+
+Hardware	: BCM2835
+Revision	: c03114
+Model		: Raspberry Pi 4 Model B Rev 1.4
+CPUINFO
+    if ! grep -q 'Raspberry Pi 4' "$ROOT/proc/cpuinfo" 2>/dev/null; then
+        mount --bind "$BASE/cpuinfo.pi4" "$ROOT/proc/cpuinfo" && mounts+=("$ROOT/proc/cpuinfo")
+    fi
+fi
+QEMU_CPU=${QEMU_CPU:-cortex-a72}
 cp -L /etc/resolv.conf "$ROOT/etc/resolv.conf" 2>/dev/null || true
+# the CAs this host trusts beyond Debian's (a TLS-inspecting proxy's): the root trusts them too
+if ls /usr/local/share/ca-certificates/*.crt >/dev/null 2>&1; then
+    mkdir -p "$ROOT/usr/local/share/ca-certificates"
+    cp /usr/local/share/ca-certificates/*.crt "$ROOT/usr/local/share/ca-certificates/"
+    chroot "$ROOT" update-ca-certificates >/dev/null 2>&1 || say "note: update-ca-certificates failed in the root"
+fi
 
 # everything inside runs as a login-less shell of the root, with the venv first on PATH
-inside() { chroot "$ROOT" /usr/bin/env -i HOME=/root PATH=$VENV/bin:/usr/local/bin:/usr/bin:/bin LANG=C.UTF-8 \
-               OMP_NUM_THREADS=2 PIP_DISABLE_PIP_VERSION_CHECK=1 EDGE_SALIENCY_HOME=/root/.cache/edge-saliency "$@"; }
-say "root: $(inside cat /etc/debian_version) $(inside uname -m) ($(inside python3 --version))"
+inside() { chroot "$ROOT" /usr/bin/env -i QEMU_CPU=$QEMU_CPU HOME=/root PATH=$VENV/bin:/usr/local/bin:/usr/bin:/bin LANG=C.UTF-8 \
+               OMP_NUM_THREADS=2 PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_DEFAULT_TIMEOUT=180 EDGE_SALIENCY_HOME=/root/.cache/edge-saliency "$@"; }
+say "root: Debian $(inside cat /etc/debian_version) $(inside uname -m) ($(inside python3 --version)), emulated CPU: $QEMU_CPU"
 
 # ---------------------------------------------------------------- the project, as a user installs it
 say "copying this checkout into the root (/opt/src)"

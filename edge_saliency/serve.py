@@ -167,6 +167,7 @@ def cmd_serve(args) -> int:
     logging.getLogger().setLevel(logging.DEBUG if getattr(args, "verbose", False) else level)
     daemon = Daemon(cfg)
     stop = _Stop().install()
+    clean = False
     try:
         daemon.start()
         if daemon.address[0] not in ("127.0.0.1", "::1", "localhost") and not cfg.token:
@@ -178,9 +179,46 @@ def cmd_serve(args) -> int:
         while not stop.flag.wait(0.5):
             if daemon.engine.error:  # systemd restarts us (Restart=on-failure)
                 raise UserError(f"inference loop failed: {daemon.engine.error}")
+        clean = True
     finally:
         t0 = time.perf_counter()
         daemon.stop()
         stop.restore()
+        finish_inference(hard_exit=clean)
         log.info("stopped (%s) in %.2f s", stop.reason or "exit", time.perf_counter() - t0)
     return 0
+
+
+# the threads that may be inside session.run when the daemon stops
+INFERENCE_THREADS = ("engine", "explain-worker")
+
+
+def finish_inference(limit: float = 8.0, say=log.info, hard_exit: bool = True) -> bool:
+    """Wait for a frame still in session.run after stop() (a slow device takes seconds per frame).
+
+    Letting the interpreter exit under it destroys the ONNX Runtime session while it runs: ORT then
+    aborts the process (SIGABRT, a core dump) instead of the clean exit 0 systemd expects. Waits at
+    most `limit` s (within the unit's TimeoutStopSec=10); if inference is still running then, the
+    process leaves with os._exit(0), skipping the teardown that would abort. True when none was left."""
+    t0 = time.perf_counter()
+    busy = [t for t in threading.enumerate() if t.name in INFERENCE_THREADS and t.is_alive()]
+    if not busy:
+        return True
+    say(f"waiting for the inference in progress to finish ({', '.join(t.name for t in busy)})")
+    for t in busy:
+        t.join(max(0.0, limit - (time.perf_counter() - t0)))
+    left = [t.name for t in busy if t.is_alive()]
+    if not left or not hard_exit:  # an error on its way out: let it be reported
+        return not left
+    log.warning("inference still running after %.0f s (%s): exiting without tearing the session down",
+                limit, ", ".join(left))
+    import os
+    import sys
+
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    logging.shutdown()
+    os._exit(0)

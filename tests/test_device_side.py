@@ -240,3 +240,34 @@ def test_headless_opencv_with_a_display_says_so_and_runs_headless(xvfb, headless
     assert "pip install --force-reinstall --no-deps opencv-python==" in said[0]
     assert said[0].endswith("running headless for 2 frames, recording the overlay")
     assert "2 frames in" in p.stdout and "Traceback" not in p.stderr
+
+
+# ---------------------------------------------------------------- serve on a slow device (device)
+FINISH = """
+import logging, sys, threading, time
+logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+from edge_saliency.serve import finish_inference
+t = threading.Thread(target=time.sleep, args=(float(sys.argv[1]),), name="engine", daemon=True)
+t.start()
+done = finish_inference(limit=float(sys.argv[2]))
+print("RETURNED", done, flush=True)
+"""
+
+
+@pytest.mark.device
+def test_stop_waits_for_the_frame_in_session_run():
+    """A frame still in session.run after stop (seconds per frame on a Pi Zero or under emulation):
+    waited for, so the interpreter does not tear the session down under it (ORT would abort)."""
+    p = subprocess.run([sys.executable, "-c", FINISH, "0.6", "5"], capture_output=True, text=True, timeout=60,
+                       env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert p.returncode == 0 and "RETURNED True" in p.stdout, p.stderr
+    assert "waiting for the inference in progress to finish (engine)" in p.stderr
+
+
+@pytest.mark.device
+def test_stop_leaves_cleanly_when_inference_outlasts_the_limit():
+    p = subprocess.run([sys.executable, "-c", FINISH, "30", "0.3"], capture_output=True, text=True, timeout=60,
+                       env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert p.returncode == 0, p.stderr
+    assert "RETURNED" not in p.stdout  # left with os._exit(0): no teardown under a running session
+    assert "inference still running after 0 s (engine): exiting without tearing the session down" in p.stderr
