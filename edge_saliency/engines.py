@@ -51,7 +51,8 @@ class OnnxRuntimeEngine:
         requested = providers.resolve(provider, ort.get_available_providers())
         self.requested = requested
         gpu = gpu or providers.GpuOptions()
-        chain = providers.session_providers(requested, gpu, path)
+        inputs = _input_shapes(ort, path) if providers.TENSORRT in requested else None
+        chain = providers.session_providers(requested, gpu, path, inputs)
         notice = None
         if providers.TENSORRT in requested:
             folder = gpu.cache_folder()
@@ -64,8 +65,9 @@ class OnnxRuntimeEngine:
                 notice = providers.BuildNotice(log.info, Path(path).name, folder)
         try:
             if notice is not None:
-                with notice:
+                with notice:  # the engine is built with the session, or at the first run: warm it up inside
                     self.session = ort.InferenceSession(path, opts, providers=chain)
+                    _warm_up(self.session)
             else:
                 self.session = ort.InferenceSession(path, opts, providers=chain)
         except Exception as exc:
@@ -83,6 +85,32 @@ class OnnxRuntimeEngine:
 
     def run(self, names: list[str], feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         return self.session.run(names, feeds)
+
+
+def _input_shapes(ort, path: str) -> list[tuple[str, list]] | None:
+    """The model's inputs [(name, shape)], read by a CPU session with no graph optimisation (cheap)."""
+    try:
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        opts.log_severity_level = 3
+        s = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+        return [(i.name, list(i.shape)) for i in s.get_inputs()]
+    except Exception:  # the real session below reports what is wrong with the file
+        return None
+
+
+_DTYPES = {"tensor(uint8)": np.uint8, "tensor(int64)": np.int64, "tensor(int32)": np.int32,
+           "tensor(float)": np.float32, "tensor(float16)": np.float16}
+
+
+def _warm_up(session) -> None:
+    """One run on zeros at batch 1 (a free batch dimension is 1, class_index -1 = the top-1)."""
+    feeds = {}
+    for i in session.get_inputs():
+        shape = [d if isinstance(d, int) and d > 0 else 1 for d in i.shape]
+        dtype = _DTYPES.get(i.type, np.float32)
+        feeds[i.name] = np.full(shape, -1, dtype) if i.name == "class_index" else np.zeros(shape, dtype)
+    session.run(None, feeds)
 
 
 class OpenVINOEngine:

@@ -109,6 +109,7 @@ class GpuOptions:
     trt_workspace_mb: int = 1024  # the builder's scratch memory; a Jetson Nano shares 4 GB with the CPU
     trt_cache: str | None = None  # engine + timing cache folder (default: see cache_folder)
     cuda_mem_limit_mb: int | None = None  # the CUDA arena's limit (None: ORT's, all of the GPU)
+    trt_max_batch: int = 8  # the engine's optimisation profile: batches 1..this (a larger one rebuilds)
 
     def cache_folder(self) -> Path:
         """$EDGE_SALIENCY_TRT_CACHE, the trt_cache setting, $CACHE_DIRECTORY/tensorrt (systemd's
@@ -140,8 +141,28 @@ def cached_engines(folder: Path, prefix: str) -> list[Path]:
     return sorted(folder.glob(f"{prefix}*.engine")) if folder.is_dir() else []
 
 
-def provider_options(name: str, gpu: GpuOptions | None = None, model_path: str | None = None) -> dict[str, str]:
-    """ORT's option dict for one provider (strings, as ORT's Python API takes them)."""
+def profile_shapes(inputs: list[tuple[str, list]], max_batch: int) -> dict[str, str] | None:
+    """TensorRT optimisation profile for inputs [(name, shape)] whose only free dimension is the
+    batch: {"trt_profile_min_shapes": "image:1x224x224x3", ...opt (batch 1), ...max (max_batch)}.
+    Without it a dynamic batch makes TensorRT build its engine at the first run, and again for
+    every new batch size. None when another dimension is free (TensorRT then decides)."""
+    mins, opts, maxs = [], [], []
+    for name, shape in inputs:
+        if not shape or any(not isinstance(d, int) or d < 1 for d in shape[1:]):
+            return None
+        rest = "x".join(str(d) for d in shape[1:])
+        tail = f"x{rest}" if rest else ""
+        mins.append(f"{name}:1{tail}")
+        opts.append(f"{name}:1{tail}")
+        maxs.append(f"{name}:{max(1, max_batch)}{tail}")
+    return {"trt_profile_min_shapes": ",".join(mins), "trt_profile_opt_shapes": ",".join(opts),
+            "trt_profile_max_shapes": ",".join(maxs)}
+
+
+def provider_options(name: str, gpu: GpuOptions | None = None, model_path: str | None = None,
+                     inputs: list[tuple[str, list]] | None = None) -> dict[str, str]:
+    """ORT's option dict for one provider (strings, as ORT's Python API takes them).
+    inputs: the model's [(name, shape)], for TensorRT's optimisation profile."""
     gpu = gpu or GpuOptions()
     if name == CUDA:
         opts = {"device_id": str(gpu.device_id),
@@ -163,14 +184,16 @@ def provider_options(name: str, gpu: GpuOptions | None = None, model_path: str |
         }
         if model_path is not None:
             opts["trt_engine_cache_prefix"] = engine_prefix(model_path)
+        if inputs:
+            opts.update(profile_shapes(inputs, gpu.trt_max_batch) or {})
         return opts
     return {}
 
 
-def session_providers(chain: list[str], gpu: GpuOptions | None = None,
-                      model_path: str | None = None) -> list[tuple[str, dict[str, str]]]:
+def session_providers(chain: list[str], gpu: GpuOptions | None = None, model_path: str | None = None,
+                      inputs: list[tuple[str, list]] | None = None) -> list[tuple[str, dict[str, str]]]:
     """The `providers=` argument of ort.InferenceSession: (name, options) for each in the chain."""
-    return [(name, provider_options(name, gpu, model_path)) for name in chain]
+    return [(name, provider_options(name, gpu, model_path, inputs)) for name in chain]
 
 
 def fallback(requested: list[str], actual: list[str]) -> str | None:

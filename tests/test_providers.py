@@ -119,6 +119,7 @@ class FakeGpuOrt:
     def __init__(self, real, build_seconds=0.0):
         self.real, self.build_seconds = real, build_seconds
         self.SessionOptions = real.SessionOptions
+        self.GraphOptimizationLevel = real.GraphOptimizationLevel
         self.asked = []
 
     def get_available_providers(self):
@@ -142,11 +143,14 @@ def test_engine_hands_ort_the_options_and_logs_a_silent_cpu_fallback(lite0_onnx,
     with caplog.at_level(logging.INFO, logger="edge_saliency"):
         eng = OnnxRuntimeEngine(str(lite0_onnx), "tensorrt", threads=1,
                                 gpu=providers.GpuOptions(trt_cache=str(folder), trt_fp16=True))
-    names = [name for name, _ in fake.asked[0]]
+    assert fake.asked[0] == [CPU]  # the input shapes, read first (for TensorRT's profile)
+    names = [name for name, _ in fake.asked[-1]]
     assert names == [TRT, CUDA, CPU]
-    trt_opts = dict(fake.asked[0][0][1])
+    trt_opts = dict(fake.asked[-1][0][1])
     assert trt_opts["trt_engine_cache_path"] == trt_opts["trt_timing_cache_path"] == str(folder)
     assert trt_opts["trt_fp16_enable"] == "True" and folder.is_dir()
+    assert trt_opts["trt_profile_min_shapes"] == "image:1x224x224x3"  # the model's input, batch 1..8
+    assert trt_opts["trt_profile_max_shapes"] == "image:8x224x224x3"
     assert eng.providers == [CPU] and eng.device == "cpu"
     assert eng.fallback and "silent CPU fallback" in eng.fallback
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
@@ -282,3 +286,17 @@ def test_tensorrt_builds_once_then_loads_from_the_cache(lite0_onnx, tmp_path, ca
     r1, r2 = first.predict(frame), second.predict(frame)
     assert r1.class_index == r2.class_index
     assert second.load_seconds < first.load_seconds
+
+
+def test_tensorrt_profile_covers_batches_up_to_the_maximum(clean_cache_env, tmp_path):
+    inputs = [("image", ["N", 224, 224, 3]), ("class_index", ["N"])]
+    assert providers.profile_shapes(inputs, 8) == {
+        "trt_profile_min_shapes": "image:1x224x224x3,class_index:1",
+        "trt_profile_opt_shapes": "image:1x224x224x3,class_index:1",
+        "trt_profile_max_shapes": "image:8x224x224x3,class_index:8"}
+    assert providers.profile_shapes([("image", ["N", "H", "W", 3])], 8) is None  # free sides: TensorRT decides
+    model = tmp_path / "m.onnx"
+    model.write_bytes(b"x")
+    opts = providers.provider_options(TRT, providers.GpuOptions(trt_max_batch=4), str(model), inputs[:1])
+    assert opts["trt_profile_max_shapes"] == "image:4x224x224x3"
+    assert "trt_profile_min_shapes" not in providers.provider_options(TRT, providers.GpuOptions(), str(model))
