@@ -119,8 +119,12 @@ class OpenVINOEngine:
     def __init__(self, path: str, device: str | None = None, threads: int | None = None):
         try:
             import openvino as ov
-        except ImportError as exc:
+        except ModuleNotFoundError as exc:
             raise UserError("the openvino engine is not installed: pip install 'edge-saliency[openvino]'") from exc
+        except (ImportError, OSError) as exc:  # installed, but a system library it needs is missing
+            from edge_saliency.sysdeps import import_error_line
+
+            raise UserError(f"the openvino engine cannot load: {import_error_line(exc, 'openvino')}") from exc
         core = ov.Core()
         device = (device or "CPU").upper()
         if device in ("AUTO", "CPU") or device not in core.available_devices:
@@ -159,8 +163,9 @@ def available_engines() -> list[str]:
         import openvino  # noqa: F401
 
         found.append("openvino")
-    except ImportError:
-        pass
+    except (ImportError, OSError) as exc:  # not installed, or cannot load its libraries: not available here
+        if not isinstance(exc, ModuleNotFoundError):
+            log.debug("openvino is installed but cannot load: %s", exc)
     return found
 
 

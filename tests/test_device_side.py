@@ -271,3 +271,18 @@ def test_stop_leaves_cleanly_when_inference_outlasts_the_limit():
     assert p.returncode == 0, p.stderr
     assert "RETURNED" not in p.stdout  # left with os._exit(0): no teardown under a running session
     assert "inference still running after 0 s (engine): exiting without tearing the session down" in p.stderr
+
+
+def test_openvino_that_cannot_load_its_libraries_is_not_an_engine_here(tmp_path, monkeypatch, lite0_onnx):
+    from edge_saliency import engines
+    from edge_saliency.errors import UserError
+    from edge_saliency.model import SaliencyModel
+
+    fakes = fake_package(tmp_path / "fakes", "openvino", "libtbb.so.12: cannot open shared object file", "OSError")
+    monkeypatch.syspath_prepend(str(fakes))
+    monkeypatch.delitem(sys.modules, "openvino", raising=False)
+    assert engines.available_engines() == ["onnxruntime"]  # `--engine auto` goes on with onnxruntime
+    monkeypatch.delitem(sys.modules, "openvino", raising=False)
+    with pytest.raises(UserError, match="the openvino engine cannot load: OpenVINO cannot load the system library "
+                                        "libtbb.so.12"):
+        SaliencyModel(lite0_onnx, engine="openvino")
