@@ -143,9 +143,13 @@ QEMU_CPU=${QEMU_CPU:-cortex-a72}
 cp -L /etc/resolv.conf "$ROOT/etc/resolv.conf" 2>/dev/null || true
 # the CAs this host trusts beyond Debian's (a TLS-inspecting proxy's): the root trusts them too
 if ls /usr/local/share/ca-certificates/*.crt >/dev/null 2>&1; then
-    mkdir -p "$ROOT/usr/local/share/ca-certificates"
-    cp /usr/local/share/ca-certificates/*.crt "$ROOT/usr/local/share/ca-certificates/"
-    chroot "$ROOT" update-ca-certificates >/dev/null 2>&1 || say "note: update-ca-certificates failed in the root"
+    sum=$(cat /usr/local/share/ca-certificates/*.crt | sha256sum | cut -c1-16)
+    if [ "$(cat "$BASE/.extra-ca" 2>/dev/null)" != "$sum" ]; then  # slow under emulation: only when they change
+        mkdir -p "$ROOT/usr/local/share/ca-certificates"
+        cp /usr/local/share/ca-certificates/*.crt "$ROOT/usr/local/share/ca-certificates/"
+        if chroot "$ROOT" update-ca-certificates >/dev/null 2>&1; then echo "$sum" >"$BASE/.extra-ca"
+        else say "note: update-ca-certificates failed in the root"; fi
+    fi
 fi
 
 # everything inside runs as a login-less shell of the root, with the venv first on PATH
