@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test browser bench clean gui
+.PHONY: demo test browser xvfb bench clean gui
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,7 +27,7 @@ gui: $(STAMP)
 	  echo "a display is set: installing OpenCV's GUI build (opencv-python==$$v) for the window" && \
 	  $(BIN)/python -m pip install -q --force-reinstall --no-deps "opencv-python==$$v"; fi
 
-test: $(STAMP) browser
+test: $(STAMP) browser xvfb
 	$(BIN)/python -m pytest -q
 
 # Debian's Chromium and ChromeDriver for the daemon's browser test (tests/test_serve_browser.py).
@@ -39,6 +39,16 @@ browser:
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null) \
 	  || echo "note: could not install chromium: the browser test will be skipped"; \
 	else echo "note: chromium/chromedriver not installed: the browser test will be skipped"; fi
+
+# Xvfb for the window tests (tests/test_device_side.py: a display with and without OpenCV's GUI
+# build); installed when missing and possible, otherwise those tests skip and say why.
+xvfb:
+	@if command -v Xvfb >/dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  echo "installing xvfb (apt-get) for the window tests"; \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq xvfb >/dev/null) \
+	  || echo "note: could not install xvfb: the window tests will be skipped"; \
+	else echo "note: Xvfb not installed: the window tests will be skipped"; fi
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/export_overhead.py
