@@ -141,7 +141,11 @@ def main(argv=None) -> int:
             proc.send_signal(signal.SIGTERM)
             try:
                 rc = proc.wait(timeout=30)
-                step("SIGTERM", rc == 0, f"exit {rc} in {time.monotonic() - t_term:.1f} s")
+                time.sleep(0.2)  # the last lines through the pump
+                waited = [ln.split(" ", 2)[-1] for ln in log if "inference in progress" in ln or
+                          "inference still running" in ln]
+                step("SIGTERM", rc == 0, f"exit {rc} in {time.monotonic() - t_term:.1f} s"
+                     + (f" ({'; '.join(waited)})" if waited else ""))
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
