@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test browser x11 tools bench clean
+.PHONY: demo test browser x11 tools bench clean gui
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,8 +16,20 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q --no-deps timm==1.0.31 torchvision==0.28.0
 	touch $(STAMP)
 
-demo: $(STAMP)
+demo: $(STAMP) gui
 	$(BIN)/edge-saliency run
+
+# The project depends on opencv-python-headless (no X libraries needed). When there is a display,
+# the demo wants a window: put OpenCV's GUI build (the gui extra, same version) over the headless
+# one. Both packages install the module cv2 into the same folder, so --force-reinstall --no-deps
+# makes the GUI build's files the ones imported while the headless requirement stays satisfied.
+# Without a display nothing is changed and `edge-saliency run` runs headless (and says so).
+gui: $(STAMP)
+	@if [ -z "$$DISPLAY$$WAYLAND_DISPLAY" ]; then :; \
+	elif $(BIN)/python -c "import sys; from edge_saliency.runtime.sysdeps import gui_backend; sys.exit(0 if gui_backend() else 1)" 2>/dev/null; then :; \
+	else v=$$($(BIN)/python -c "from importlib.metadata import version; print(version('opencv-python-headless'))") && \
+	  echo "a display is set: installing OpenCV's GUI build (opencv-python==$$v) for the window" && \
+	  $(BIN)/python -m pip install -q --force-reinstall --no-deps "opencv-python==$$v"; fi
 
 test: $(STAMP) browser x11 tools
 	$(BIN)/python -m pytest -q
@@ -32,7 +44,7 @@ browser:
 	  || echo "note: could not install chromium: the browser test will be skipped"; \
 	else echo "note: chromium/chromedriver not installed: the browser test will be skipped"; fi
 
-# Xvfb, xdotool and xwd for the window test (tests/test_window_x11.py): the real `run` window on an
+# Xvfb, xdotool and xwd for the window tests (tests/test_window_x11.py, tests/test_device_side.py): the real `run` window on an
 # X server, keys pressed, the window captured. Installed when missing and possible, else it skips.
 x11:
 	@if command -v Xvfb >/dev/null && command -v xdotool >/dev/null && command -v xwd >/dev/null; then :; \

@@ -167,6 +167,7 @@ class Variant:
     batch_size: int | None = None
     batch_error: str | None = None
     accuracy: dict | None = None
+    note: str = ""
 
     @property
     def name(self) -> str:
@@ -177,16 +178,22 @@ class Variant:
         return (self.provider, self.threads, self.precision)
 
 
-def open_variant(v: Variant, proc) -> None:
+def open_variant(v: Variant, proc, gpu: providers.GpuOptions | None = None) -> None:
     from edge_saliency.runtime.model import SaliencyModel
 
     rss0 = proc.memory_info().rss
     # intra-op spinning off (see module doc); OpenVINO runs on its CPU device
+    trt_built = None
+    if v.provider == providers.TENSORRT:
+        folder = (gpu or providers.GpuOptions()).cache_folder()
+        trt_built = not providers.cached_engines(folder, providers.engine_prefix(v.path))
     model = SaliencyModel(v.path, provider=providers.short_name(v.provider) if v.engine == "onnxruntime" else None,
-                          threads=v.threads, engine=v.engine, session_config=NO_SPINNING)
+                          threads=v.threads, engine=v.engine, session_config=NO_SPINNING, gpu=gpu)
     v.load_s = model.load_seconds
     if v.engine == "onnxruntime" and model.engine.providers[0] != v.provider:
-        raise RuntimeError(f"ONNX Runtime fell back to {model.engine.providers[0]}")
+        raise RuntimeError(f"ONNX Runtime fell back to {providers.short_name(model.engine.providers[0])}")
+    if trt_built is not None:
+        v.note = "TensorRT engine built (load_s includes the build)" if trt_built else "TensorRT engine from the cache"
     v.model = model
     v.rss_mb = (proc.memory_info().rss - rss0) / 1e6
     try:
@@ -327,14 +334,15 @@ def measure_batches(variants: list[Variant], frame: np.ndarray, batch: int, runs
 
 
 # ------------------------------------------------------------------ the run
-def measure(variants: list[Variant], frame: np.ndarray, runs: int, warmup: int, progress: Progress | None = None):
+def measure(variants: list[Variant], frame: np.ndarray, runs: int, warmup: int, progress: Progress | None = None,
+            gpu: providers.GpuOptions | None = None):
     import psutil
 
     proc = psutil.Process()
     live = [v for v in variants if v.status == "ok"]
     for v in live:
         try:
-            open_variant(v, proc)
+            open_variant(v, proc, gpu)
         except (UserError, RuntimeError, Exception) as exc:  # one variant failing must not end the run
             v.status = f"error: {str(exc).splitlines()[0][:120]}"
     live = [v for v in live if v.status == "ok"]
@@ -369,7 +377,7 @@ def summarise(variants: list[Variant]) -> list[dict]:
     for v in variants:
         row = {"variant": v.name, "provider": providers.short_name(v.provider), "threads": v.threads,
                "precision": v.precision, "saliency": not v.plain, "status": v.status,
-               "file": str(v.path) if v.path else None,
+               "file": str(v.path) if v.path else None, "note": v.note or None,
                "size_mb": v.path.stat().st_size / 1e6 if v.path and v.path.is_file() else None}
         if v.inference:
             inf = latency_stats(v.inference)
@@ -462,12 +470,19 @@ def _ints(text: str, what: str) -> list[int]:
 def plan(args, available: list[str], can_make: bool) -> tuple[list[Variant], list[str]]:
     """Which (provider, threads, precision, plain) to run, and what is skipped and why."""
     skipped = []
+    unavailable: list[tuple[str, str]] = []  # GPU providers asked for by name that this ORT lacks
     if args.provider in (None, "", "all"):
         provs = [p for p in providers.PREFERENCE if p in available]
     else:
         provs = []
-        for name in args.provider.split(","):
-            provs.append(providers.resolve(name.strip(), available)[0])
+        for name in (n.strip() for n in args.provider.split(",")):
+            if not name:
+                continue
+            full = providers.ALIASES.get(name.lower(), name)
+            if full in providers.GPU and full not in available:  # a row that says why, not the end of the run
+                unavailable.append((full, f"unavailable: {short_reason(full, available)}"))
+                continue
+            provs.append(providers.resolve(name, available)[0])
     threads = _ints(args.threads, "--threads") if args.threads else [os.cpu_count() or 1]
     if args.precision:
         precs = [p.strip() for p in args.precision.split(",") if p.strip()]
@@ -509,13 +524,45 @@ def plan(args, available: list[str], can_make: bool) -> tuple[list[Variant], lis
                         variants.append(Variant(prov, t, prec, plain=True, engine=engine))
                     elif prec == "fp32" and (prov, t) == (provs[0], threads[0]):
                         skipped.append("plain (no saliency) baseline: needs the onnx package to prune the graph")
+    for prov, status in unavailable:
+        for prec in (precs if explicit else ["fp32", "fp16"]):
+            for t in threads:
+                variants.append(Variant(prov, t, prec, plain=False, status=status))
     return variants, skipped
+
+
+def short_reason(provider: str, available: list[str]) -> str:
+    return (f"this onnxruntime has no {providers.short_name(provider)} provider (it has "
+            f"{', '.join(providers.short_name(p) for p in available)}; install onnxruntime-gpu)")
+
+
+def bench_frame(image: str | None, log) -> np.ndarray:
+    """The frame every variant runs on: --image, else scikit-image's cat, else (no scikit-image, as on
+    a device installed without extras) the synthetic source's frame, said in the log."""
+    import cv2
+
+    if image:
+        img = cv2.imread(image, cv2.IMREAD_COLOR)
+        if img is None:
+            raise UserError(f"--image {image}: not an image OpenCV can read")
+        return img
+    from edge_saliency import samples
+
+    try:
+        return samples.photo("chelsea")
+    except UserError:
+        from edge_saliency.pipeline.sources import SyntheticSource
+
+        log("no scikit-image here: benchmarking on the synthetic source's frame (pass --image FILE for a photograph)")
+        src = SyntheticSource("synthetic")
+        src.open()
+        return src.read()
 
 
 def cmd_bench(args) -> int:
     import onnxruntime as ort
 
-    from edge_saliency.runtime.model import cache_dir
+    from edge_saliency.runtime.cache import cache_dir
 
     if args.runs < 10:
         raise UserError("--runs must be at least 10")
@@ -539,15 +586,16 @@ def cmd_bench(args) -> int:
     variants, skipped = plan(args, available, can_make)
     cache = Path(args.cache) if args.cache else cache_dir() / "bench"
     for v in variants:
+        if v.status != "ok":
+            continue
         try:
             v.path = variant_file(src, v.precision, v.plain, cache, log)
         except Exception as exc:
             v.status = f"error: {str(exc).splitlines()[0][:120]}"
-    from edge_saliency import samples
-
     import cv2
 
-    frame = cv2.resize(samples.photo("chelsea"), (FRAME_SIZE[1], FRAME_SIZE[0]), interpolation=cv2.INTER_AREA)
+    frame = cv2.resize(bench_frame(args.image, log), (FRAME_SIZE[1], FRAME_SIZE[0]), interpolation=cv2.INTER_AREA)
+    gpu = providers.gpu_from_args(args)
     device = device_info.collect()
     log(f"device: {device_info.summary(device)}")
     for s in skipped:
@@ -557,7 +605,7 @@ def cmd_bench(args) -> int:
         f"({FRAME_SIZE[1]}x{FRAME_SIZE[0]} frame), intra-op spinning off")
     progress = Progress(args.runs, "bench", force=args.progress)
     t0 = time.perf_counter()
-    peak = measure(variants, frame, args.runs, args.warmup, progress)
+    peak = measure(variants, frame, args.runs, args.warmup, progress, gpu)
     batch_runs = 0
     if args.batch:
         batch_runs = max(5, -(-args.runs // args.batch))
@@ -589,6 +637,9 @@ def cmd_bench(args) -> int:
               f"MLPerf Offline-style), {batch_runs} batches per variant")
     for s in skipped:
         print(f"skipped: {s}")
+    for r in rows:
+        if r.get("note"):
+            print(f"{r['variant']}: {r['note']}")
     if peak:
         print(f"process peak RSS: {peak / 1e6:.0f} MB (all variants loaded together)")
     report = {
@@ -629,4 +680,6 @@ def add_parser(sub) -> None:
     p.add_argument("--json", help="write every number (and the raw latencies) to this file")
     p.add_argument("--plot", help="write a PNG of the latency distributions (needs matplotlib)")
     p.add_argument("--progress", action="store_true", help="progress bar even when stderr is not a terminal")
+    p.add_argument("--image", help="benchmark on this image (default: scikit-image's cat photograph)")
+    providers.add_gpu_arguments(p)
     p.set_defaults(func=cmd_bench)

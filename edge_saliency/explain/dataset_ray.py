@@ -44,7 +44,7 @@ def local_model(job: Job, model_bytes: bytes | None) -> str:
     p = Path(job.model)
     if p.is_file() and file_sha256(str(p)) == job.model_sha256:
         return str(p)
-    from edge_saliency.runtime.model import cache_dir
+    from edge_saliency.runtime.cache import cache_dir
 
     cached = cache_dir() / "models" / f"{job.model_sha256}.onnx"
     if not cached.is_file():

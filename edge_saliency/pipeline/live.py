@@ -4,8 +4,9 @@
     edge-saliency run --model m.onnx --source 0 --view recipro
     edge-saliency run --source video.mp4 --view lovi --record out.mp4 --headless --max-frames 500
 
-With no display (SSH, CI) and no --headless, it runs headless for a bounded time (300 frames or
-10 s unless --max-frames/--duration say otherwise), records the overlay and a contact sheet under
+With no display (SSH, CI) or an OpenCV without a GUI backend (opencv-python-headless, the default
+install) and no --headless, it says so in one line and runs headless for a bounded time (300 frames
+or 10 s unless --max-frames/--duration say otherwise), records the overlay and a contact sheet under
 ./runs/, prints where they are and the FPS reached, and exits 0.
 """
 from __future__ import annotations
@@ -24,7 +25,8 @@ from edge_saliency.pipeline.capture import Capture
 from edge_saliency.errors import UserError
 from edge_saliency.pipeline.region import salient_region
 from edge_saliency.pipeline.render import COLORMAPS, VIEW_HELP, VIEWS, HudStats, Renderer
-from edge_saliency.pipeline.sinks import ContactSheet, JsonLog, Recorder, Window, has_display
+from edge_saliency.pipeline.sinks import ContactSheet, JsonLog, Recorder, Window, WindowUnavailable, has_display  # noqa: F401
+from edge_saliency.runtime.sysdeps import window_unavailable
 
 log = logging.getLogger("edge_saliency")
 
@@ -354,7 +356,8 @@ def add_parser(sub) -> None:
     p.add_argument("--alpha", type=float, default=0.5, help="map opacity over the frame, 0..1 (default: %(default)s)")
     p.add_argument("--colormap", default="jet", help="OpenCV colour map for the map views (default: %(default)s)")
     p.add_argument("--provider", default="auto", help="ONNX Runtime execution provider: auto, " + ", ".join(providers.ALIASES)
-                   + " (default: auto = best available)")
+                   + "; a comma list is a fallback order (default: auto = CUDA if present, else CPU; TensorRT only "
+                     "when asked for)")
     p.add_argument("--threads", type=int, help="intra-op threads (default: the engine's choice)")
     p.add_argument("--engine", default="onnxruntime", choices=ENGINE_CHOICES,
                    help="onnxruntime | openvino (pip install 'edge-saliency[openvino]') | auto: the faster here, "
@@ -376,6 +379,7 @@ def add_parser(sub) -> None:
     p.add_argument("--class", dest="explain_class", help="explain this class (name or index) instead of the top-1 "
                                                          "(model exported with --class-input)")
     p.add_argument("--stale-after", type=float, help="seconds without a frame before 'no signal' (default: max(1, 3/FPS))")
+    providers.add_gpu_arguments(p)
     p.set_defaults(func=cmd_run)
 
 
@@ -404,9 +408,9 @@ def cmd_run(args) -> int:
 
     _check_args(args)
     say = lambda m: print(m, flush=True)  # noqa: E731
-    display = has_display()
-    headless = args.headless or not display
-    auto = not args.headless and not display
+    no_window = None if args.headless else window_unavailable()
+    headless = args.headless or no_window is not None
+    auto = not args.headless and no_window is not None
     max_frames, duration = args.max_frames, args.duration
     record, contact_path = args.record, args.contact_sheet
     if auto:
@@ -418,7 +422,7 @@ def cmd_run(args) -> int:
             record = record or str(out_dir / "overlay.mp4")
             contact_path = contact_path or str(out_dir / "contact_sheet.png")
         bounds = " or ".join(x for x in (f"{max_frames} frames" if max_frames else "", f"{duration:g} s" if duration else "") if x)
-        say(f"no display: running headless{' for ' + bounds if bounds else ''}, recording the overlay")
+        say(f"{no_window}: running headless{' for ' + bounds if bounds else ''}, recording the overlay")
     realtime = (not headless) if args.realtime is None else args.realtime
 
     # cheap checks of output paths before the (possibly slow) model and camera
@@ -427,7 +431,8 @@ def cmd_run(args) -> int:
     json_log = None
 
     model_path = args.model or str(args.default_model(log_fn=say))
-    model = SaliencyModel(model_path, provider=args.provider, threads=args.threads, engine=args.engine)
+    model = SaliencyModel(model_path, provider=args.provider, threads=args.threads, engine=args.engine,
+                          gpu=providers.gpu_from_args(args))
     class_index = model.class_index(args.explain_class) if args.explain_class else None
     if class_index is not None and not model.has_class_input:
         raise UserError(f"{model_path} was exported without a class_index input; re-export with --class-input to use --class")
@@ -452,7 +457,11 @@ def cmd_run(args) -> int:
             f"({engine_summary(model)}) | view: {args.view}"
             f"{' | headless' if headless else ''}{' | ' + ('realtime' if realtime else 'fast') if source.paced else ''}")
         if not headless:
-            window = Window(f"edge-saliency - {source.describe()}")
+            try:
+                window = Window(f"edge-saliency - {source.describe()}")
+            except WindowUnavailable as exc:  # the checks above missed it: go on without the window
+                say(f"{exc}: running headless (stop with Ctrl-C, or pass --headless --max-frames N)")
+                headless = True
         capture.start()
         loop = LiveLoop(model, capture, renderer, window=window, recorder=recorder, json_log=json_log,
                         contact=contact, max_frames=max_frames, duration=duration, topk=args.topk,

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from pathlib import Path
 
 import cv2
@@ -20,11 +19,13 @@ FOURCC = {".mp4": "mp4v", ".m4v": "mp4v", ".mov": "mp4v", ".avi": "MJPG", ".mkv"
 
 def has_display() -> bool:
     """Whether an OpenCV window can open (Qt aborts the process when it cannot, so ask first)."""
-    if os.environ.get("CI") or os.environ.get("EDGE_SALIENCY_HEADLESS"):
-        return False
-    if sys.platform.startswith("linux"):
-        return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
-    return True
+    from edge_saliency.runtime.sysdeps import has_display as _has_display
+
+    return _has_display()
+
+
+class WindowUnavailable(UserError):
+    """A window was asked for and this OpenCV cannot open one."""
 
 
 def _writable(path: str, what: str) -> Path:
@@ -152,7 +153,11 @@ class Window:
 
     def __init__(self, title: str = "edge-saliency"):
         self.title = title
-        cv2.namedWindow(title, cv2.WINDOW_NORMAL | cv2.WINDOW_KEEPRATIO | cv2.WINDOW_GUI_NORMAL)
+        try:
+            cv2.namedWindow(title, cv2.WINDOW_NORMAL | cv2.WINDOW_KEEPRATIO | cv2.WINDOW_GUI_NORMAL)
+        except cv2.error as exc:  # e.g. the headless build: "The function is not implemented"
+            msg = " ".join(str(exc).split())
+            raise WindowUnavailable(f"no window: OpenCV cannot open one ({msg[-160:]})") from None
         self.shown = False
         self._size: tuple[int, int] | None = None
 

@@ -38,7 +38,7 @@ class OnnxRuntimeEngine:
     name = "onnxruntime"
 
     def __init__(self, path: str, provider: str | None = "auto", threads: int | None = None,
-                 session_config: dict[str, str] | None = None):
+                 session_config: dict[str, str] | None = None, gpu: providers.GpuOptions | None = None):
         import onnxruntime as ort
 
         opts = ort.SessionOptions()
@@ -49,14 +49,33 @@ class OnnxRuntimeEngine:
             opts.intra_op_num_threads = threads
             opts.inter_op_num_threads = 1
         requested = providers.resolve(provider, ort.get_available_providers())
+        self.requested = requested
+        gpu = gpu or providers.GpuOptions()
+        inputs = _input_shapes(ort, path) if providers.TENSORRT in requested else None
+        chain = providers.session_providers(requested, gpu, path, inputs)
+        notice = None
+        if providers.TENSORRT in requested:
+            folder = gpu.cache_folder()
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise UserError(f"cannot create the TensorRT cache folder {folder} ({exc.strerror}); set trt_cache "
+                                "to a writable folder (config key trt_cache, or $EDGE_SALIENCY_TRT_CACHE)") from None
+            if not providers.cached_engines(folder, providers.engine_prefix(path)):
+                notice = providers.BuildNotice(log.info, Path(path).name, folder)
         try:
-            self.session = ort.InferenceSession(path, opts, providers=requested)
+            if notice is not None:
+                with notice:  # the engine is built with the session, or at the first run: warm it up inside
+                    self.session = ort.InferenceSession(path, opts, providers=chain)
+                    _warm_up(self.session)
+            else:
+                self.session = ort.InferenceSession(path, opts, providers=chain)
         except Exception as exc:
             raise UserError(f"cannot load {path} with ONNX Runtime: {_first_line(exc)}") from exc
         self.providers = self.session.get_providers()
-        if self.providers[0] != requested[0]:
-            log.warning("asked for %s, ONNX Runtime runs on %s (fell back)",
-                        providers.short_name(requested[0]), providers.short_name(self.providers[0]))
+        self.fallback = providers.fallback(requested, self.providers)
+        if self.fallback:
+            log.warning("%s", self.fallback)
         self.device = providers.short_name(self.providers[0])
         self.inputs = [i.name for i in self.session.get_inputs()]
         self.outputs = [o.name for o in self.session.get_outputs()]
@@ -68,14 +87,44 @@ class OnnxRuntimeEngine:
         return self.session.run(names, feeds)
 
 
+def _input_shapes(ort, path: str) -> list[tuple[str, list]] | None:
+    """The model's inputs [(name, shape)], read by a CPU session with no graph optimisation (cheap)."""
+    try:
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        opts.log_severity_level = 3
+        s = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+        return [(i.name, list(i.shape)) for i in s.get_inputs()]
+    except Exception:  # the real session below reports what is wrong with the file
+        return None
+
+
+_DTYPES = {"tensor(uint8)": np.uint8, "tensor(int64)": np.int64, "tensor(int32)": np.int32,
+           "tensor(float)": np.float32, "tensor(float16)": np.float16}
+
+
+def _warm_up(session) -> None:
+    """One run on zeros at batch 1 (a free batch dimension is 1, class_index -1 = the top-1)."""
+    feeds = {}
+    for i in session.get_inputs():
+        shape = [d if isinstance(d, int) and d > 0 else 1 for d in i.shape]
+        dtype = _DTYPES.get(i.type, np.float32)
+        feeds[i.name] = np.full(shape, -1, dtype) if i.name == "class_index" else np.zeros(shape, dtype)
+    session.run(None, feeds)
+
+
 class OpenVINOEngine:
     name = "openvino"
 
     def __init__(self, path: str, device: str | None = None, threads: int | None = None):
         try:
             import openvino as ov
-        except ImportError as exc:
+        except ModuleNotFoundError as exc:
             raise UserError("the openvino engine is not installed: pip install 'edge-saliency[openvino]'") from exc
+        except (ImportError, OSError) as exc:  # installed, but a system library it needs is missing
+            from edge_saliency.runtime.sysdeps import import_error_line
+
+            raise UserError(f"the openvino engine cannot load: {import_error_line(exc, 'openvino')}") from exc
         core = ov.Core()
         device = (device or "CPU").upper()
         if device in ("AUTO", "CPU") or device not in core.available_devices:
@@ -114,8 +163,9 @@ def available_engines() -> list[str]:
         import openvino  # noqa: F401
 
         found.append("openvino")
-    except ImportError:
-        pass
+    except (ImportError, OSError) as exc:  # not installed, or cannot load its libraries: not available here
+        if not isinstance(exc, ModuleNotFoundError):
+            log.debug("openvino is installed but cannot load: %s", exc)
     return found
 
 
@@ -127,10 +177,11 @@ def _engine_device_for(name: str, provider: str | None) -> str | None:
 
 
 def create(name: str, path: str, provider: str | None = "auto", threads: int | None = None,
-           session_config: dict[str, str] | None = None):
-    """session_config: ONNX Runtime session config entries (OpenVINO has none to take)."""
+           session_config: dict[str, str] | None = None, gpu: providers.GpuOptions | None = None):
+    """session_config: ONNX Runtime session config entries (OpenVINO has none to take);
+    gpu: CUDA/TensorRT settings (providers.GpuOptions)."""
     if name == "onnxruntime":
-        return OnnxRuntimeEngine(path, provider, threads, session_config)
+        return OnnxRuntimeEngine(path, provider, threads, session_config, gpu)
     if name == "openvino":
         return OpenVINOEngine(path, _engine_device_for(name, provider), threads)
     raise UserError(f"unknown engine {name!r}; choose from: auto, {', '.join(ENGINES)}")
@@ -173,7 +224,7 @@ def probe(engine, feeds: dict[str, np.ndarray], runs: int = PROBE_RUNS) -> float
 
 
 def choose_auto(path: str, feeds: dict[str, np.ndarray], cache_file: Path, provider=None, threads=None,
-                session_config: dict[str, str] | None = None):
+                session_config: dict[str, str] | None = None, gpu=None):
     """The faster engine on this machine for this model: cached, else probed (and cached)."""
     key = {"model": _model_key(path), "machine": _machine_key(), "versions": _versions(),
            "threads": threads, "provider": provider, "ort_session": dict(sorted((session_config or {}).items()))}
@@ -187,11 +238,11 @@ def choose_auto(path: str, feeds: dict[str, np.ndarray], cache_file: Path, provi
     if entry and entry.get("key") == key and entry.get("engine") in available_engines():
         log.info("engine auto: %s (cached probe: %s)", entry["engine"],
                  ", ".join(f"{k} {v * 1e3:.2f} ms" for k, v in entry["median_s"].items()))
-        return create(entry["engine"], path, provider, threads, session_config), entry
+        return create(entry["engine"], path, provider, threads, session_config, gpu=gpu), entry
     engines, figures = {}, {}
     for name in available_engines():
         try:
-            engines[name] = create(name, path, provider, threads, session_config)
+            engines[name] = create(name, path, provider, threads, session_config, gpu=gpu)
             figures[name] = probe(engines[name], feeds)
         except UserError as exc:
             log.warning("engine auto: %s unavailable: %s", name, exc)

@@ -19,6 +19,7 @@ import numpy as np
 
 from edge_saliency import contract
 from edge_saliency.errors import UserError
+from edge_saliency.runtime.cache import cache_dir
 
 log = logging.getLogger("edge_saliency")
 
@@ -99,11 +100,12 @@ def read_model_info(meta: dict, path: str) -> ModelInfo:
 class SaliencyModel:
     def __init__(self, path: str | os.PathLike, provider: str | None = "auto", threads: int | None = None,
                  engine: str = "onnxruntime", session_config: dict[str, str] | None = None,
-                 spinning: bool = False):
+                 spinning: bool = False, gpu=None):
         """spinning: ONNX Runtime's intra-op threads busy-wait for work between runs. Off by default:
         at camera rate a spinning session burns its cores between frames (a Pi's included) and, on a
         machine shared with capture, encoders or other sessions, takes their cores
-        (benchmarks/results/ort_spinning.md)."""
+        (benchmarks/results/ort_spinning.md). gpu: providers.GpuOptions (CUDA/TensorRT settings;
+        default: device 0, TensorRT fp32, cache under the cache dir)."""
         from edge_saliency.runtime import engines
 
         self.path = str(path)
@@ -114,14 +116,14 @@ class SaliencyModel:
         t0 = time.perf_counter()
         session_config = {"session.intra_op.allow_spinning": "1" if spinning else "0", **(session_config or {})}
         if engine == "auto":
-            first = engines.create("onnxruntime", self.path, provider, threads, session_config)
+            first = engines.create("onnxruntime", self.path, provider, threads, session_config, gpu=gpu)
             self.info = self._read_contract(first)
             h, w = self.info.input_size
             feeds = self._feeds(np.zeros((1, h, w, 3), np.uint8), None, first.inputs)
             self.engine, self.engine_choice = engines.choose_auto(
-                self.path, feeds, cache_dir() / "engine_choice.json", provider, threads, session_config)
+                self.path, feeds, cache_dir() / "engine_choice.json", provider, threads, session_config, gpu)
         else:
-            self.engine = engines.create(engine, self.path, provider, threads, session_config)
+            self.engine = engines.create(engine, self.path, provider, threads, session_config, gpu)
             self.engine_choice = None
             self.info = self._read_contract(self.engine)
         self.load_seconds = time.perf_counter() - t0
@@ -216,12 +218,6 @@ class SaliencyModel:
 
     def predict(self, frame: np.ndarray, class_index=None, topk: int = 5) -> Result:
         return self.predict_batch([frame], class_index, topk)[0]
-
-
-def cache_dir() -> Path:
-    root = os.environ.get("EDGE_SALIENCY_HOME") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "edge-saliency")
-    return Path(root)
 
 
 def default_model_path() -> Path:

@@ -62,6 +62,11 @@ def _options() -> list[Option]:
         Option("provider", str, "auto", "ONNX Runtime execution provider: auto, cpu, cuda, tensorrt, ... "
                "(with engine openvino: the OpenVINO device, cpu by default)"),
         Option("threads", int, None, "ONNX Runtime intra-op threads (default: ORT's choice)", in_range(1, 256), nullable=True),
+        Option("gpu_device", int, 0, "CUDA/TensorRT: the GPU's index", in_range(0, 64)),
+        Option("trt_fp16", bool, False, "TensorRT: allow float16 kernels (faster; maps differ from fp32 by ~1e-3)"),
+        Option("trt_workspace_mb", int, 1024, "TensorRT: the engine builder's workspace, MB", in_range(16, 1 << 20)),
+        Option("trt_cache", str, None, "TensorRT: engine and timing cache folder (default: $CACHE_DIRECTORY/tensorrt "
+               "under systemd, else the edge-saliency cache dir)", nullable=True),
         Option("realtime", bool, True, "play files and generated sources at their own FPS (false: every frame, "
                "as fast as inference goes)"),
         Option("loop", bool, True, "replay a finite source (video file, images) from the start when it ends"),

@@ -58,7 +58,11 @@ class Daemon:
             if not cfg.model and default_model is None:
                 raise UserError("no model configured (model = ... in the config, or --model)")
             path = cfg.model or str(default_model(log_fn=log.info))
-            model = SaliencyModel(path, provider=cfg.provider, threads=cfg.threads, engine=cfg.engine)
+            from edge_saliency.runtime.providers import GpuOptions
+
+            gpu = GpuOptions(device_id=cfg.gpu_device, trt_fp16=cfg.trt_fp16, trt_workspace_mb=cfg.trt_workspace_mb,
+                             trt_cache=cfg.trt_cache)
+            model = SaliencyModel(path, provider=cfg.provider, threads=cfg.threads, engine=cfg.engine, gpu=gpu)
         self.model = model
         class_index = model.class_index(cfg["class"]) if cfg["class"] is not None else None
         if class_index is not None and not model.has_class_input:
@@ -259,6 +263,7 @@ def cmd_serve(args) -> int:
     logging.getLogger().setLevel(logging.DEBUG if getattr(args, "verbose", False) else level)
     daemon = Daemon(cfg, default_model=getattr(args, "default_model", None))
     stop = _Stop().install()
+    clean = False
     try:
         daemon.start()
         if daemon.address[0] not in ("127.0.0.1", "::1", "localhost") and not cfg.token:
@@ -274,9 +279,49 @@ def cmd_serve(args) -> int:
             if errors and len(errors) == len(daemon.cameras):  # systemd restarts us (Restart=on-failure)
                 raise UserError("inference loop failed: " + "; ".join(
                     e if len(errors) == 1 else f"camera {n}: {e}" for n, e in errors.items()))
+        clean = True
     finally:
         t0 = time.perf_counter()
         daemon.stop()
         stop.restore()
+        # all of the stop within 8 s: systemd's TimeoutStopSec=10 kills what is left after that
+        finish_inference(limit=max(0.5, STOP_BUDGET_S - (time.perf_counter() - t0)), hard_exit=clean)
         log.info("stopped (%s) in %.2f s", stop.reason or "exit", time.perf_counter() - t0)
     return 0
+
+
+STOP_BUDGET_S = 8.0
+# the threads that may be inside session.run when the daemon stops (one engine per camera)
+INFERENCE_THREADS = ("engine", "explain-worker")
+
+
+def finish_inference(limit: float = 8.0, say=log.info, hard_exit: bool = True) -> bool:
+    """Wait for a frame still in session.run after stop() (a slow device takes seconds per frame).
+
+    Letting the interpreter exit under it destroys the ONNX Runtime session while it runs: ORT then
+    aborts the process (SIGABRT, a core dump) instead of the clean exit 0 systemd expects. Waits at
+    most `limit` s (within the unit's TimeoutStopSec=10); if inference is still running then, the
+    process leaves with os._exit(0), skipping the teardown that would abort. True when none was left.
+    (The ARM64 check found it: under emulation a frame takes seconds, and SIGTERM ended in SIGABRT.)"""
+    t0 = time.perf_counter()
+    busy = [t for t in threading.enumerate() if t.name in INFERENCE_THREADS and t.is_alive()]
+    if not busy:
+        return True
+    say(f"waiting for the inference in progress to finish ({', '.join(t.name for t in busy)})")
+    for t in busy:
+        t.join(max(0.0, limit - (time.perf_counter() - t0)))
+    left = [t.name for t in busy if t.is_alive()]
+    if not left or not hard_exit:  # an error on its way out: let it be reported
+        return not left
+    log.warning("inference still running after %.0f s (%s): exiting without tearing the session down",
+                limit, ", ".join(left))
+    import os
+    import sys
+
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    logging.shutdown()
+    os._exit(0)
