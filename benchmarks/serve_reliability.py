@@ -82,7 +82,7 @@ class Viewer(threading.Thread):
     def run(self):
         try:
             s = socket.create_connection((self.host, self.port), timeout=15)
-            s.sendall(f"GET /stream.mjpg?view={self.view} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+            s.sendall(f"GET /stream.mjpg?view={self.view} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
             buf = b""
             while b"\r\n\r\n" not in buf:
                 buf += s.recv(65536)
@@ -181,7 +181,7 @@ def fuzz_requests(n: int, seed: int = 0) -> list[bytes]:
         body = rng.choice(bodies)
         if rng.random() < 0.5 and not any(h.startswith(b"Content-Length") for h in hs):
             hs.append(b"Content-Length: %d" % len(body))
-        out.append(line + b"\r\n" + b"Host: x\r\n" + b"".join(h + b"\r\n" for h in hs) + b"\r\n" + body)
+        out.append(line + b"\r\n" + b"Host: 127.0.0.1\r\n" + b"".join(h + b"\r\n" for h in hs) + b"\r\n" + body)
     return out
 
 

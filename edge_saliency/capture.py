@@ -89,9 +89,10 @@ class Capture:
         self._monitor: threading.Thread | None = None
 
     # ------------------------------------------------------------------ public
-    def start(self) -> "Capture":
+    def start(self, needs_open: bool = False) -> "Capture":
+        """needs_open: the source is not open yet (a camera missing at start): open it with backoff."""
         self._alive_t = time.perf_counter()
-        self._spawn(self.source, needs_open=False)
+        self._spawn(self.source, needs_open=needs_open)
         self._monitor = threading.Thread(target=self._watch, name="capture-monitor", daemon=True)
         self._monitor.start()
         return self

@@ -23,8 +23,13 @@ from edge_saliency.errors import UserError
 TOKEN_ENV = "EDGE_SALIENCY_TOKEN"
 
 
+EX_CONFIG = 78  # sysexits.h; the unit's RestartPreventExitStatus= so a bad config is not restarted forever
+
+
 class ConfigError(UserError):
     """A bad key or value in the config file or on the command line (names the key)."""
+
+    exit_code = EX_CONFIG
 
 
 @dataclass(frozen=True)
@@ -119,10 +124,39 @@ def _options() -> list[Option]:
                _range(0.1, 3600)),
         Option("explain_queue", int, 4, "explain jobs waiting at most (more get 429)", _range(1, 1000)),
         Option("explain_budget", int, 1000, "model queries per black-box explain job (decam, maskopt, rise)",
-               _range(2, 10_000_000)),
-        Option("jobs_kept", int, 64, "finished explain jobs kept for GET /api/jobs/<id>", _range(1, 100000)),
+               _range(2, 20_000)),
+        Option("jobs_kept", int, 64, "finished explain jobs kept for GET /api/jobs/<id> (their results and maps, "
+               "not their frames)", _range(1, 1000)),
+        *_security_options(),
         Option("access_log", bool, False, "log every HTTP request"),
         Option("log_level", str, "info", "debug, info, warning or error", _choice(("debug", "info", "warning", "error"))),
+    ]
+
+
+def _security_options() -> list[Option]:
+    """Limits, TLS and explain isolation of `edge-saliency serve` (see serve_security)."""
+    return [
+        Option("max_connections", int, 64, "open HTTP connections at most (more are answered 503 and closed; "
+               "also bounded by the file-descriptor limit)", _range(4, 100000)),
+        Option("max_client_connections", int, 16, "open HTTP connections from one client address at most "
+               "(raise it behind a reverse proxy)", _range(1, 100000)),
+        Option("request_timeout", float, 15.0, "seconds a connection has to send a whole request (line, "
+               "headers and body) once it waits for one; later ones get 408 and are closed", _range(1.0, 300.0)),
+        Option("max_header", int, 16384, "bytes of request line and headers at most (more get 431)",
+               _range(1024, 65536)),
+        Option("allowed_hosts", str, None, "comma-separated extra Host names this server answers to "
+               "(loopback names and the bound address always; '*' turns the check off; '*.example' a domain)",
+               nullable=True),
+        Option("generate_token", bool, False, "listening beyond loopback without a token: make a random one at "
+               "start and print it once (otherwise such a start is refused)"),
+        Option("session_hours", float, 12.0, "hours a browser login (signed session cookie) lasts",
+               _range(0.01, 24 * 90)),
+        Option("tls_cert", str, None, "PEM certificate (chain) for HTTPS; reloaded on SIGHUP", nullable=True),
+        Option("tls_key", str, None, "PEM private key for tls_cert", nullable=True),
+        Option("explain_timeout", float, 60.0, "seconds an explain job may run before it is stopped",
+               _range(1.0, 3600.0)),
+        Option("explain_threads", int, 1, "inference threads of the explain jobs' own model session, run at "
+               "lower priority than the live loop (0: share the live model)", _range(0, 64)),
     ]
 
 
@@ -237,8 +271,38 @@ def read_file(path: str | os.PathLike) -> dict:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
 
 
+def check_secret_permissions(path: str | os.PathLike) -> None:
+    """A config file that holds the token must not be readable by every user (refused), nor by its
+    group (a warning)."""
+    import logging
+    import stat
+
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return
+    if mode & stat.S_IROTH:
+        raise ConfigError(f"{path} holds the token and is readable by every user (mode {stat.S_IMODE(mode):04o}): "
+                          f"chmod 600 {path}, or move the token to $EDGE_SALIENCY_TOKEN or a systemd credential")
+    if mode & stat.S_IRGRP:
+        logging.getLogger("edge_saliency").warning("%s holds the token and is readable by its group (mode %04o); "
+                                                   "chmod 600 it", path, stat.S_IMODE(mode))
+
+
+def credential_token(env) -> tuple[str, str] | None:
+    """(path, token) from systemd's LoadCredential=token:... ($CREDENTIALS_DIRECTORY/token), if there."""
+    d = env.get("CREDENTIALS_DIRECTORY")
+    if not d:
+        return None
+    p = Path(d) / "token"
+    try:
+        return str(p), p.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
 def load_config(path: str | os.PathLike | None = None, cli: dict | None = None, env=None) -> Config:
-    """Defaults < config file < $EDGE_SALIENCY_TOKEN (token only) < command-line flags."""
+    """Defaults < config file < credential `token` < $EDGE_SALIENCY_TOKEN (token only) < command-line flags."""
     opts = options()
     env = os.environ if env is None else env
     values = {name: o.default for name, o in opts.items()}
@@ -253,6 +317,12 @@ def load_config(path: str | os.PathLike | None = None, cli: dict | None = None, 
                 raise ConfigError(f"{path}: unknown {what} {key!r}{hint}; known keys: {', '.join(opts)}")
             values[key] = _coerce(opts[key], value, f"{path}: key {key!r}", from_text=False)
             origin[key] = str(path)
+    if path is not None and "token" in raw:
+        check_secret_permissions(path)
+    cred = credential_token(env)
+    if cred is not None:
+        values["token"] = _coerce(opts["token"], cred[1], f"credential {cred[0]}", from_text=True)
+        origin["token"] = "credential"
     token = env.get(TOKEN_ENV)
     if token is not None:
         values["token"] = _coerce(opts["token"], token, f"${TOKEN_ENV}", from_text=True)

@@ -9,23 +9,37 @@ MJPEG encoders render it per view for any number of viewers (serve_streams), a w
 explanations on request (serve_jobs), and one HTTP port serves it all (serve_http), with
 Prometheus metrics (metrics_prom). Settings come from one TOML file with CLI flags on top
 (config). Under systemd (Type=notify) it says READY=1 once serving, pings the watchdog only while
-frames are captured and inferred (so a hung camera or inference gets the service restarted) and
-STOPPING=1 on the way out (sdnotify).
+the inference loop goes round AND the HTTP server answers a self-probe (so a hung inference or a
+dead HTTP server gets the service restarted; a camera that is gone is not a reason: /healthz
+reports it and the capture keeps retrying) and STOPPING=1 on the way out (sdnotify).
 
 SIGTERM/SIGINT: stop accepting connections, finish the frame in hand, close the streams, exit 0
-(well within 2 s).
+(well within 2 s). SIGHUP: reload the TLS certificate and the host names, keep serving.
+Exit codes: 0 stopped, 1 runtime failure (systemd restarts), 78 bad configuration (EX_CONFIG: the
+unit's RestartPreventExitStatus=, so it is not restarted every few seconds forever).
 """
 from __future__ import annotations
 
+import http.client
 import logging
+import signal
+import ssl
 import threading
 import time
 from pathlib import Path
 
-from edge_saliency.config import Config, add_arguments, cli_values, load_config
+from edge_saliency.config import Config, ConfigError, add_arguments, cli_values, load_config
 from edge_saliency.errors import UserError
 
 log = logging.getLogger("edge_saliency")
+
+LIVE_KINDS = ("webcam", "stream", "gstreamer")  # sources that may come back later: retried, not fatal
+
+
+class RuntimeFailure(UserError):
+    """The daemon failed while running (not its configuration): systemd restarts it."""
+
+    exit_code = 1
 
 
 class Daemon:
@@ -58,26 +72,87 @@ class Daemon:
         except ValueError as exc:
             raise UserError(f"config key 'view': {exc}") from None
         self.views = Renderer(outputs=model.outputs, view="raw").views
-        if source is None:
-            from edge_saliency.sources import open_source
+        host, port = cfg.host_port
+        self.token, self.token_generated = self._token(cfg, host)
+        from edge_saliency.serve_security import load_tls
 
-            source = open_source(cfg.source, log_fn=log.info)
+        self.tls = load_tls(cfg.tls_cert, cfg.tls_key)
+        source_open = True
+        if source is None:
+            source, source_open = self._open_source(cfg)
         self.engine = Engine(model, source, realtime=cfg.realtime, stale_after=cfg.stale_after, topk=cfg.topk,
                              class_index=class_index, health_stale=cfg.health_stale, loop=cfg.loop,
-                             metrics=self.metrics)
+                             metrics=self.metrics, source_open=source_open)
         self.streams = Streams(self.engine, self.make_renderer, self.views, cfg.jpeg_quality, cfg.stream_fps,
                                cfg.max_viewers, self.metrics)
+        from edge_saliency.serve_streams import FrameCache
+
+        self.frames = FrameCache(self.streams, self.make_renderer, cfg.jpeg_quality, cfg.stream_fps, self.metrics)
         self.jobs = ExplainJobs(model, queue_size=cfg.explain_queue, keep=cfg.jobs_kept, budget=cfg.explain_budget,
-                                metrics=self.metrics)
-        host, port = cfg.host_port
+                                metrics=self.metrics, timeout=cfg.explain_timeout,
+                                model_factory=self._explain_model_factory(model))
         try:
-            self.server = DaemonHTTPServer((host, port), self)
+            self.server = DaemonHTTPServer((host, port), self, tls=self.tls)
         except OSError as exc:
             source.release()
-            raise UserError(f"cannot listen on {cfg.listen} (config key 'listen'): {exc.strerror or exc}") from None
+            raise RuntimeFailure(f"cannot listen on {cfg.listen} (config key 'listen'): {exc.strerror or exc}") from None
         self.stopped = threading.Event()
         self._http_thread: threading.Thread | None = None
         self._watchdog_thread: threading.Thread | None = None
+        self.http_alive_t: float | None = None  # monotonic time of the last answered self-probe
+        self.watchdog_pings = 0
+
+    # ------------------------------------------------------------------ security and isolation
+    @staticmethod
+    def _token(cfg: Config, host: str) -> tuple[str | None, bool]:
+        """The token in force: none needed on loopback; beyond it one is required (or generated)."""
+        from edge_saliency.serve_security import generate_token, is_loopback
+
+        if cfg.token or is_loopback(host):
+            return cfg.token, False
+        if cfg.generate_token:
+            return generate_token(), True
+        raise ConfigError(f"listen = {cfg.listen!r} serves the network without a token: set token (config file, "
+                          "$EDGE_SALIENCY_TOKEN or a systemd credential), or generate_token = true to have one "
+                          "made at start")
+
+    def _open_source(self, cfg: Config):
+        """(source, opened). Never a silent fallback to the demo under systemd: a configured (or, in a
+        service, the default) camera that does not open now is retried by the capture."""
+        from edge_saliency.sources import SourceError, make_source, open_source
+
+        spec = cfg.source
+        if spec is None and not self.notifier.enabled:
+            return open_source(None, log_fn=log.warning), True  # interactive: camera 0, else the demo (said)
+        if spec is None:
+            spec = "0"
+            log.warning("no source set in the config: using camera 0 (a service never falls back to the demo)")
+        src = make_source(spec)
+        try:
+            src.open()
+            return src, True
+        except SourceError as exc:
+            if src.kind not in LIVE_KINDS:
+                raise
+            log.error("%s: %s; serving anyway and retrying (health reports it)", src.describe(), exc)
+            return src, False
+
+    def _explain_model_factory(self, model):
+        if self.cfg.explain_threads == 0 or not getattr(model, "path", None):
+            return None
+        from edge_saliency.model import SaliencyModel
+
+        cfg = self.cfg
+        engine = getattr(model, "engine_name", None) or (cfg.engine if cfg.engine != "auto" else "onnxruntime")
+        return lambda: SaliencyModel(model.path, provider=cfg.provider, threads=cfg.explain_threads, engine=engine)
+
+    def reload(self) -> None:
+        """SIGHUP: a new TLS certificate (if TLS) and fresh host names; everything else needs a restart."""
+        if self.tls is not None:
+            self.tls.reload()
+        self.server.hosts.refresh()
+        log.info("SIGHUP: reloaded%s the allowed host names (other settings take a restart)",
+                 " the TLS certificate and" if self.tls is not None else "")
 
     def make_renderer(self, view: str):
         from edge_saliency.render import Renderer
@@ -94,7 +169,7 @@ class Daemon:
     @property
     def url(self) -> str:
         host, port = self.address
-        return f"http://{'[' + host + ']' if ':' in host else host}:{port}"
+        return f"{'https' if self.tls else 'http'}://{'[' + host + ']' if ':' in host else host}:{port}"
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> "Daemon":
@@ -122,18 +197,64 @@ class Daemon:
         self.jobs.stop()
         self.notifier.close()
 
-    def _feed_watchdog(self) -> None:
-        """WATCHDOG=1 only while frames come in and inference progresses; a short STATUS= too."""
+    def probe_http(self, timeout: float = 2.0) -> bool:
+        """GET /healthz over loopback (any HTTP answer counts): is the HTTP server serving?"""
+        host, port = self.address
+        if host in ("0.0.0.0", ""):
+            host = "127.0.0.1"
+        elif host == "::":
+            host = "::1"
+        try:
+            if self.tls is not None:
+                ctx = ssl.create_default_context()
+                ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+                conn = http.client.HTTPSConnection(host, port, timeout=timeout, context=ctx)
+            else:
+                conn = http.client.HTTPConnection(host, port, timeout=timeout)
+            try:
+                conn.request("GET", "/healthz", headers={"Host": "127.0.0.1" if ":" not in host else "[::1]",
+                                                         "User-Agent": "edge-saliency-watchdog"})
+                conn.getresponse().read()
+            finally:
+                conn.close()
+        except (OSError, http.client.HTTPException):
+            return False
+        self.http_alive_t = time.monotonic()
+        return True
+
+    def alive(self, last_beats: int) -> tuple[bool, str]:
+        """(alive, why not): the loop went round since `last_beats` and HTTP answered recently."""
+        eng = self.engine
+        if eng.error:
+            return False, f"inference failed: {eng.error}"
+        if not eng.running:
+            return False, "inference loop not running"
+        if eng.beats == last_beats:
+            return False, "inference loop stuck"
         interval = self.notifier.watchdog_interval or 5.0
-        last_seq = -1
+        if self.http_alive_t is None or time.monotonic() - self.http_alive_t > max(2 * interval, 3.0):
+            return False, "HTTP server not answering"
+        return True, ""
+
+    def _feed_watchdog(self) -> None:
+        """WATCHDOG=1 only while the loop goes round and HTTP answers its self-probe; STATUS= too."""
+        interval = self.notifier.watchdog_interval or 5.0
+        last_beats = -1
         last_status = 0.0
+        logged = ""
         while not self.stopped.wait(min(interval, 1.0) if interval else 1.0):
-            ok, reason = self.engine.health()
-            snap = self.engine.latest
-            seq = snap.seq if snap is not None else 0
-            if ok and seq != last_seq and self.notifier.watchdog_interval is not None:
+            self.probe_http(timeout=min(2.0, max(0.5, interval)))
+            if self.stopped.is_set():
+                return
+            alive, why = self.alive(last_beats)
+            last_beats = self.engine.beats
+            if alive and self.notifier.watchdog_interval is not None:
                 self.notifier.watchdog()
-            last_seq = seq
+                self.watchdog_pings += 1
+            if not alive and why != logged:
+                log.warning("watchdog not fed: %s", why)
+            logged = "" if alive else why
+            ok, reason = self.engine.health()
             now = time.monotonic()
             if now - last_status >= 10.0:
                 last_status = now
@@ -155,28 +276,48 @@ def add_parser(sub) -> None:
     p.set_defaults(func=cmd_serve)
 
 
+def _reload_on_sighup(event: threading.Event):
+    """SIGHUP -> a flag the main loop acts on (never the default action, which kills the process)."""
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "SIGHUP"):
+        return None
+    return signal.signal(signal.SIGHUP, lambda signum, frame: event.set())
+
+
 def cmd_serve(args) -> int:
     from edge_saliency.live import _Stop
 
+    hup = threading.Event()
+    old_hup = _reload_on_sighup(hup)  # before the slow start: a SIGHUP then must not kill us either
     cfg = load_config(Path(args.config) if args.config else None, cli=cli_values(args))
     level = getattr(logging, cfg.log_level.upper())
     logging.getLogger().setLevel(logging.DEBUG if getattr(args, "verbose", False) else level)
-    daemon = Daemon(cfg)
+    try:
+        daemon = Daemon(cfg)
+    except (ConfigError, RuntimeFailure):
+        raise
+    except UserError as exc:  # a model, view, class or source that cannot work: a config problem
+        raise ConfigError(str(exc)) from None
     stop = _Stop().install()
     try:
         daemon.start()
-        if daemon.address[0] not in ("127.0.0.1", "::1", "localhost") and not cfg.token:
-            log.warning("listening on %s without a token: anyone who can reach it sees the camera "
-                        "(set token in the config or $EDGE_SALIENCY_TOKEN)", daemon.url)
+        if daemon.token_generated:  # printed once, here only (not logged)
+            print(f"edge-saliency: generated token for this run: {daemon.token}", flush=True)
         log.info("serving %s | source: %s | model: %s on %s | views: %s", daemon.url, daemon.engine.source.describe(),
                  daemon.model.info.arch, daemon.model.provider, ", ".join(daemon.views))
         print(f"edge-saliency serving on {daemon.url}", flush=True)
         while not stop.flag.wait(0.5):
-            if daemon.engine.error:  # systemd restarts us (Restart=on-failure)
-                raise UserError(f"inference loop failed: {daemon.engine.error}")
+            if hup.is_set():
+                hup.clear()
+                daemon.reload()
+            if daemon.engine.error:  # systemd restarts us (Restart=always)
+                raise RuntimeFailure(f"inference loop failed: {daemon.engine.error}")
+            if not daemon._http_thread.is_alive():
+                raise RuntimeFailure("the HTTP server stopped")
     finally:
         t0 = time.perf_counter()
         daemon.stop()
         stop.restore()
+        if old_hup is not None:
+            signal.signal(signal.SIGHUP, old_hup)
         log.info("stopped (%s) in %.2f s", stop.reason or "exit", time.perf_counter() - t0)
     return 0

@@ -8,6 +8,9 @@ sees fewer of them.
 Health: fresh while a frame was processed within `health_stale` seconds and the capture reports
 a signal; otherwise the reason (starting, no signal and for how long, source ended, stalled).
 A finite source (video file, images) is replayed from the start when it ends if `loop` is set.
+A source that is not open at start (`source_open=False`: a configured camera that is missing) is
+opened by the capture with backoff, and health says so meanwhile. `beats` counts loop iterations,
+frames or not: the systemd watchdog is fed by it (and by HTTP liveness), not by the camera.
 """
 from __future__ import annotations
 
@@ -37,7 +40,7 @@ class Snapshot:
 class Engine:
     def __init__(self, model, source: Source, realtime: bool = True, stale_after: float | None = None,
                  topk: int = 5, class_index: int | None = None, health_stale: float = 3.0, loop: bool = True,
-                 metrics=None, capture_factory=Capture):
+                 metrics=None, capture_factory=Capture, source_open: bool = True):
         self.model, self.source = model, source
         self.realtime, self.stale_after = realtime, stale_after
         self.topk, self.class_index = topk, class_index
@@ -58,13 +61,19 @@ class Engine:
         self._thread: threading.Thread | None = None
         self._fps = 0.0
         self.error: str | None = None
+        self.source_open = source_open
+        self.beats = 0  # loop iterations (the watchdog's proof of progress)
+        self._reopen_delay = 0.0
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> "Engine":
         self.capture = self.capture_factory(self.source, realtime=self.realtime, stale_after=self.stale_after)
         if self.metrics is not None:
             self.metrics.watch_capture(self.capture)
-        self.capture.start()
+        if self.source_open:
+            self.capture.start()
+        else:
+            self.capture.start(needs_open=True)
         self.t_start = time.perf_counter()
         self._thread = threading.Thread(target=self._run, name="engine", daemon=True)
         self._thread.start()
@@ -137,6 +146,7 @@ class Engine:
         ema_started = False
         try:
             while not self.stop_event.is_set():
+                self.beats += 1
                 cap = self.capture
                 t0 = time.perf_counter()
                 frame = cap.get(last_id, timeout=0.1)
@@ -192,9 +202,13 @@ class Engine:
         src = self.source.clone()
         try:
             src.open()
-        except Exception as exc:
-            log.warning("%s: cannot reopen to replay it (%s)", self.source.describe(), exc)
+        except Exception as exc:  # retried with backoff; logged once per streak
+            if self._reopen_delay == 0:
+                log.warning("%s: cannot reopen to replay it (%s); retrying with backoff", self.source.describe(), exc)
+            self._reopen_delay = min(max(self._reopen_delay * 2, 0.25), 5.0)
+            self.stop_event.wait(self._reopen_delay)
             return False
+        self._reopen_delay = 0.0
         old.stop(timeout=0.3)
         self.source = src
         self.replays += 1
