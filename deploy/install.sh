@@ -5,7 +5,9 @@
 #
 # - a venv in /opt/edge-saliency/venv with this package installed (device runtime: no torch)
 # - the model (if given) in /opt/edge-saliency/models/
-# - /etc/edge-saliency/config.toml from deploy/config.example.toml (an existing one is kept)
+# - /etc/edge-saliency/config.toml from deploy/config.example.toml (an existing one is kept), mode
+#   0600 and root's: it holds a freshly generated token, printed once here; the service reads it as
+#   a systemd credential (LoadCredential=), so the unprivileged service user needs no access to it
 # - /etc/systemd/system/edge-saliency.service, then systemctl enable --now edge-saliency
 #
 # On a Jetson, pass --system-site-packages to use JetPack's onnxruntime-gpu and OpenCV
@@ -61,14 +63,20 @@ fi
 
 echo "== config in $CONF_DIR"
 install -d -m 0755 "$CONF_DIR"
+TOKEN=""
 if [ ! -f "$CONF_DIR/config.toml" ]; then
-    install -m 0644 "$SRC/deploy/config.example.toml" "$CONF_DIR/config.toml"
+    TOKEN=$("$PREFIX/venv/bin/python" -c 'import secrets; print(secrets.token_urlsafe(24))')
+    # written 0600 from the start (umask), never world-readable for a moment
+    (umask 077 && sed "s|^# token = .*|token = \"$TOKEN\"|" "$SRC/deploy/config.example.toml" > "$CONF_DIR/config.toml")
     if [ -n "$MODEL" ]; then
         sed -i "s|^# model = .*|model = \"$PREFIX/models/$(basename "$MODEL")\"|" "$CONF_DIR/config.toml"
     fi
 else
     echo "   keeping the existing $CONF_DIR/config.toml"
 fi
+chown root:root "$CONF_DIR/config.toml"
+chmod 0600 "$CONF_DIR/config.toml"
+[ ! -f "$CONF_DIR/env" ] || chmod 0600 "$CONF_DIR/env"
 # check the config now: a bad key is reported here rather than in a restart loop
 "$PREFIX/venv/bin/python" -c "
 import sys
@@ -90,4 +98,9 @@ if [ "$START" -eq 1 ]; then
 else
     systemctl enable edge-saliency
     echo "== enabled; start with: systemctl start edge-saliency"
+fi
+if [ -n "$TOKEN" ]; then
+    echo "== the token (shown once; it is in $CONF_DIR/config.toml, readable by root only):"
+    echo "   $TOKEN"
+    echo "   log in from a browser with http://<this device>:8080/?token=$TOKEN"
 fi

@@ -231,8 +231,8 @@ class Daemon:
             return False, "inference loop not running"
         if eng.beats == last_beats:
             return False, "inference loop stuck"
-        interval = self.notifier.watchdog_interval or 5.0
-        if self.http_alive_t is None or time.monotonic() - self.http_alive_t > max(2 * interval, 3.0):
+        tick = min(self.notifier.watchdog_interval or 5.0, 1.0)  # the probe's period (_feed_watchdog)
+        if self.http_alive_t is None or time.monotonic() - self.http_alive_t > max(3 * tick, 3.0):
             return False, "HTTP server not answering"
         return True, ""
 

@@ -251,7 +251,9 @@ class Handler(BaseHTTPRequestHandler):
 
     def log_request(self, code="-", size="-"):
         """Access log without the query string (it may carry ?token=)."""
-        if self.app.cfg.access_log:
+        headers = getattr(self, "headers", None)
+        probe = headers is not None and headers.get("User-Agent") == "edge-saliency-watchdog"
+        if self.app.cfg.access_log and not probe:  # the watchdog's self-probe every second is not logged
             path = urlsplit(getattr(self, "path", "") or "").path[:200]
             log.info('%s "%s %s %s" %s %s', self.address_string(), getattr(self, "command", "") or "-",
                      path or "-", getattr(self, "request_version", "") or "-", getattr(code, "value", code), size)

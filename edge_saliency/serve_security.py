@@ -248,24 +248,24 @@ class Deadlines:
 
 
 def read_head(rfile, max_bytes: int) -> tuple[bytes, bytes] | None:
-    """(request line, header block) read under one cap; None when the client closed first.
+    """(request line, header block) read under one cap; None when the client sent nothing (closed,
+    or idle past the deadline, between requests).
 
-    Raises Refused(414) for a request line over the cap and Refused(431) for headers over it.
+    Raises Refused(414) for a request line over the cap, Refused(431) for headers over it and
+    Refused(408) for a request cut off part-way (the deadline, or the client closed).
     """
+    cut = Refused(408, "request not complete in time")
     line = rfile.readline(max_bytes + 1)
-    if not line:
-        return None
-    if len(line) > max_bytes or not line.endswith(b"\n"):
-        if len(line) > max_bytes:
-            raise Refused(414, f"request line over {max_bytes} bytes")
-        return None  # cut off mid-line (deadline or the client closed)
-    # a few blank lines before a request are allowed (RFC 9112 2.2)
     blanks = 0
-    while line in (b"\r\n", b"\n") and blanks < 4:
+    while line in (b"\r\n", b"\n") and blanks < 4:  # a few blank lines before a request are allowed
         blanks += 1
         line = rfile.readline(max_bytes + 1)
-        if not line:
-            return None
+    if not line:
+        return None
+    if len(line) > max_bytes:
+        raise Refused(414, f"request line over {max_bytes} bytes")
+    if not line.endswith(b"\n"):
+        raise cut
     used = len(line)
     parts = []
     while True:
@@ -273,13 +273,11 @@ def read_head(rfile, max_bytes: int) -> tuple[bytes, bytes] | None:
         used += len(h)
         if used > max_bytes:
             raise Refused(431, f"request headers over {max_bytes} bytes")
-        if not h:
-            return None  # the client went away (or the deadline passed) mid-headers
+        if not h.endswith(b"\n"):
+            raise cut
         parts.append(h)
         if h in (b"\r\n", b"\n"):
             return line, b"".join(parts)
-        if not h.endswith(b"\n"):
-            return None
 
 
 _DIGITS = re.compile(r"[0-9]{1,15}", re.ASCII)
