@@ -106,7 +106,7 @@ class DaemonHTTPServer(ThreadingHTTPServer):
     def process_request(self, request, client_address):
         """Admit under the connection caps (or answer 503 and close), then one thread per connection."""
         ip = client_address[0]
-        reason = self.limits.admit(ip)
+        reason = self.limits.admit(ip, evict=lambda: self.deadlines.evict_oldest_waiting(self.request_timeout))
         if reason is not None:
             refuse_connection(request, reason)
             return

@@ -3,7 +3,9 @@
 Kept apart from the routes in serve_http so that the rules are in one place:
 
 - `ConnectionLimits`: a global and a per-client cap on open connections (a connection over either
-  is answered 503 and closed at once, before any thread is started for it).
+  is answered 503 and closed at once, before any thread is started for it). At the global cap a
+  new connection first evicts the one that has waited longest (over 1 s) for its request: a flood
+  of idle sockets from many addresses cannot lock out a client that actually sends a request.
 - `Deadlines`: each request (request line, headers and body together) must arrive within
   `request_timeout` seconds of the connection waiting for it; one reaper thread shuts the read
   side of late sockets, so a client that trickles one header line every few seconds is cut off
@@ -127,12 +129,23 @@ class ConnectionLimits:
         self.per_client: dict[str, int] = {}
         self._lock = threading.Lock()
         self.refused = 0
+        self.evicted = 0
         self._log = RateLimitedLog(10.0)
 
-    def admit(self, ip: str) -> str | None:
-        """Count a new connection in; or the reason it is refused (nothing counted then)."""
+    def admit(self, ip: str, evict=None) -> str | None:
+        """Count a new connection in; or the reason it is refused (nothing counted then).
+
+        evict: () -> bool, called at the global cap: cut the connection that has waited longest for
+        its request (an idle or trickling socket); True if it did, and then this one is let in (the
+        evicted one's slot is freed as its thread ends).
+        """
         with self._lock:
             n = self.per_client.get(ip, 0)
+            if self.total >= self.max_total and n < self.max_per_client and evict is not None and evict():
+                self.total += 1
+                self.per_client[ip] = n + 1
+                self.evicted += 1
+                return None
             if self.total >= self.max_total:
                 reason = f"{self.total} connections open (max_connections = {self.max_total})"
             elif n >= self.max_per_client:
@@ -216,6 +229,7 @@ class Deadlines:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.expired = 0
+        self.evictions = 0
 
     def start(self) -> "Deadlines":
         self._thread = threading.Thread(target=self._run, name="http-deadlines", daemon=True)
@@ -232,6 +246,23 @@ class Deadlines:
     def remove(self, conn: Conn) -> None:
         with self._lock:
             self._conns.discard(conn)
+
+    def evict_oldest_waiting(self, timeout: float, min_wait: float = 1.0) -> bool:
+        """Cut the connection that has waited longest (> min_wait s) for its request; False if none."""
+        now = time.monotonic()
+        with self._lock:
+            waiting = [c for c in self._conns if c.deadline is not None and not c.expired
+                       and now - (c.deadline - timeout) > min_wait]
+            victim = min(waiting, key=lambda c: c.deadline) if waiting else None
+            if victim is None:
+                return False
+            victim.expired = True
+        self.evictions += 1
+        try:
+            socket.socket.shutdown(victim.sock, socket.SHUT_RDWR)
+        except OSError:
+            pass
+        return True
 
     def _run(self) -> None:
         while not self._stop.wait(self.tick):

@@ -69,6 +69,16 @@ def wait_open(d, n):
 
 
 # ---------------------------------------------------------------------- connections
+def open_stream(d, source_ip):
+    s = connect(d, source_ip)
+    s.sendall(b"GET /stream.mjpg?view=raw HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+    head = b""
+    while b"\r\n\r\n" not in head:
+        head += s.recv(4096)
+    assert head.startswith(b"HTTP/1.1 200"), head[:100]
+    return s
+
+
 def test_per_client_and_global_connection_caps_answer_503_and_log(daemon, logs):
     held = []
     try:
@@ -81,14 +91,34 @@ def test_per_client_and_global_connection_caps_answer_503_and_log(daemon, logs):
         assert resp.startswith(b"HTTP/1.1 503") and b"too many connections" in resp
         assert logged(logs, "refused a connection from 127.0.0.1: 4 connections open from 127.0.0.1 "
                             "(max_client_connections = 4)", logging.WARNING)
-        # the global cap (6): two more from other loopback addresses, then a third address is refused
-        held += [connect(daemon, "127.0.0.2"), connect(daemon, "127.0.0.3")]
+    finally:
+        for s in held:
+            s.close()
+    assert wait_open(daemon, 0)
+    # the global cap (6), full of streams (busy connections, never evicted): a 7th is refused
+    held = [open_stream(daemon, ip) for ip in ("127.0.0.1",) * 3 + ("127.0.0.2",) * 3]
+    try:
         assert wait_open(daemon, 6)
         s = connect(daemon, "127.0.0.4")
         assert read_all(s).startswith(b"HTTP/1.1 503")
         s.close()
         assert logged(logs, "refused a connection from 127.0.0.4: 6 connections open (max_connections = 6)")
         assert daemon.server.limits.total == 6  # refused ones were never counted in
+        # one stream leaves; an idle socket takes its place; once it has idled > 1 s, a client with
+        # a request evicts it instead of being refused
+        held.pop().close()
+        assert wait_open(daemon, 5)
+        evicted = daemon.server.deadlines.evictions
+        idle = connect(daemon, "127.0.0.3")
+        assert wait_open(daemon, 6)
+        time.sleep(1.3)
+        c = http.client.HTTPConnection(*daemon.address, timeout=10, source_address=("127.0.0.4", 0))
+        c.request("GET", "/healthz")
+        assert c.getresponse().status == 200
+        c.close()
+        assert daemon.server.deadlines.evictions >= evicted + 1  # (the watchdog's probe may have been first)
+        assert read_all(idle) == b""  # cut without an answer
+        idle.close()
     finally:
         for s in held:
             s.close()
@@ -245,7 +275,8 @@ def test_post_must_be_json_415(daemon, logs, headers, body):
 
 
 @pytest.mark.parametrize("length_lines,words", [
-    (b"Content-Length: \xc2\xb2\r\n", "bad Content-Length"),  # superscript two
+    (b"Content-Length: \xb2\r\n", "bad Content-Length"),  # superscript two (latin-1: str.isdigit() is True)
+    (b"Content-Length: \xc2\xb2\r\n", "bad Content-Length"),  # the same in UTF-8
     (b"Content-Length: \xd9\xa3\r\n", "bad Content-Length"),  # Arabic-Indic three
     (b"Content-Length: +2\r\n", "bad Content-Length"),
     (b"Content-Length: 2\r\nContent-Length: 2\r\n", "duplicate Content-Length"),
