@@ -87,7 +87,6 @@ class DaemonHTTPServer(ThreadingHTTPServer):
         self.throttle = LoginThrottle()
         self.backoff = AcceptBackoff()
         self.refusals = RateLimitedLog(5.0)
-        self.last_request_t = time.monotonic()
 
     def get_request(self):
         """accept(), backing off on EMFILE/ENFILE instead of spinning; TLS wrapping (the handshake
@@ -203,7 +202,6 @@ class Handler(BaseHTTPRequestHandler):
             self.rfile = real
         if not ok:
             return
-        self.server.last_request_t = time.monotonic()
         method = getattr(self, "do_" + self.command, None) if self.command.isalpha() else None
         if method is None:
             self.send_error(405)

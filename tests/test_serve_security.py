@@ -537,3 +537,25 @@ def test_the_viewer_cap_holds_under_concurrent_attaches(daemon):
             if e is not None:
                 e.detach()
         streams.close()
+
+
+def test_a_finite_source_that_cannot_be_reopened_backs_off_and_logs_once(caplog):
+    from edge_saliency.serve_engine import Engine
+    from edge_saliency.sources import SourceError
+
+    class Gone:
+        def describe(self):
+            return "clip.mp4"
+
+        def clone(self):
+            return self
+
+        def open(self):
+            raise SourceError("clip.mp4: file not found")
+
+    caplog.set_level(logging.INFO, logger="edge_saliency")
+    eng = Engine(object(), Gone(), loop=True)
+    t0 = time.monotonic()
+    assert [eng._restart_finite() for _ in range(3)] == [False] * 3
+    assert time.monotonic() - t0 >= 0.25 + 0.5 + 1.0 - 0.05  # backoff, not 10 tries a second
+    assert len(logged(caplog, "cannot reopen to replay it")) == 1
