@@ -7,8 +7,8 @@ refuses new jobs (HTTP 429) instead of growing. Finished jobs are kept (the newe
 GET /api/jobs/<id>; the map of a finished job is kept as a PNG, its frame is let go.
 
 Isolation from the live loop: the worker thread lowers its own scheduling priority (nice +10, a
-per-thread setting on Linux) and runs the jobs on a model session of its own (made in that thread,
-so its inference threads inherit the lower priority; `model_factory`), each job under a time limit
+per-thread setting on Linux) and runs the jobs on a model session of its own (made in that thread
+at the first job, so its inference threads inherit the lower priority; `model_factory`), each job under a time limit
 (`timeout`) checked between model calls, and the query budget capped by the config's range.
 """
 from __future__ import annotations
@@ -179,21 +179,23 @@ class ExplainJobs:
         for j in done[: max(0, len(done) - self.keep)]:
             del self._jobs[j.id]
 
-    def _isolate(self) -> None:
-        """In the worker thread: lower priority, then its own model session (inherits it)."""
-        self.niced = lower_thread_priority()
-        if self.model_factory is not None:
+    def _own_session(self) -> None:
+        """In the worker thread, at the first job (no memory or start-up time spent until then): a model
+        session of its own, whose inference threads inherit the worker's lower priority."""
+        factory, self.model_factory = self.model_factory, None
+        if factory is not None:
             try:
-                self.model = self.model_factory()
+                self.model = factory()
             except Exception as exc:  # logged; jobs then share the live model
                 log.warning("explain jobs: cannot make their own model session (%s): sharing the live one", exc)
 
     def _work(self) -> None:
-        self._isolate()
+        self.niced = lower_thread_priority()
         while not self._stop.is_set():
             job = self._queue.get()
             if job is None or self._stop.is_set():
                 return
+            self._own_session()
             job.state = "running"
             job.started = time.time()
             try:
@@ -211,12 +213,12 @@ class ExplainJobs:
             except UserError as exc:
                 job.error, job.state = str(exc), "failed"
             except Cancelled as exc:
+                if "time limit" in str(exc):  # logged before the state says so
+                    log.warning("explain job %s (%s) %s", job.id, job.method, exc)
                 job.error, job.state = str(exc), "failed"
-                if "time limit" in job.error:
-                    log.warning("explain job %s (%s) %s", job.id, job.method, job.error)
             except Exception as exc:  # logged; the worker goes on with the next job
+                log.warning("explain job %s (%s) failed: %s: %s", job.id, job.method, type(exc).__name__, exc)
                 job.error, job.state = f"{type(exc).__name__}: {exc}", "failed"
-                log.warning("explain job %s (%s) failed: %s", job.id, job.method, job.error)
             job.finished = time.time()
             job.snapshot = None  # kept jobs keep their result and map, not the frame
             with self._lock:
