@@ -560,3 +560,39 @@ def test_a_finite_source_that_cannot_be_reopened_backs_off_and_logs_once(caplog)
     assert [eng._restart_finite() for _ in range(3)] == [False] * 3
     assert time.monotonic() - t0 >= 0.25 + 0.5 + 1.0 - 0.05  # backoff, not 10 tries a second
     assert len(logged(caplog, "cannot reopen to replay it")) == 1
+
+
+def test_the_watchdog_stops_when_inference_hangs(lite0_model, caplog):
+    caplog.set_level(logging.INFO, logger="edge_saliency")
+
+    class Hanging:
+        """The real model until `hang` is set; then predict() blocks (a stuck driver or runtime)."""
+
+        def __init__(self, model):
+            self.model = model
+            self.hang = threading.Event()
+            self.release = threading.Event()
+
+        def __getattr__(self, name):
+            return getattr(self.model, name)
+
+        def predict(self, *a, **kw):
+            if self.hang.is_set():
+                self.release.wait(30)
+            return self.model.predict(*a, **kw)
+
+    model = Hanging(lite0_model)
+    notifier = RecordingNotifier(watchdog_usec=400_000)
+    with running(model, notifier=notifier) as d:
+        assert wait_for(lambda: notifier.messages.count("WATCHDOG=1") >= 3, 30)
+        model.hang.set()
+        time.sleep(2.0)
+        pings = notifier.messages.count("WATCHDOG=1")
+        time.sleep(2.0)
+        try:
+            assert notifier.messages.count("WATCHDOG=1") == pings  # HTTP answers, but the loop is stuck
+            assert d.probe_http()  # HTTP itself still answers
+            assert logged(caplog, "watchdog not fed: inference loop stuck", logging.WARNING)
+        finally:
+            model.release.set()
+        assert wait_for(lambda: notifier.messages.count("WATCHDOG=1") > pings, 20)  # fed again once it moves
