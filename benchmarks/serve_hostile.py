@@ -169,6 +169,11 @@ def median(xs):
     return round(statistics.median(xs), 1) if xs else None
 
 
+def kept(idle, busy):
+    """FPS under load as a % of FPS idle (medians of the 1 s windows)."""
+    return round(100 * statistics.median(busy) / statistics.median(idle)) if idle and busy else None
+
+
 def connect(port, src="127.0.0.1", timeout=5.0):
     s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     s.settimeout(timeout)
@@ -374,7 +379,8 @@ def s_explain(d: Daemon) -> dict:
                    body=b'{"method": "rise"}')[0] for _ in range(5)]
     time.sleep(1.0)
     busy = d.fps_windows(20)
-    return {"fps_idle": median(idle), "fps_with_jobs": median(busy), "jobs_accepted": codes.count(202),
+    return {"fps_idle": median(idle), "fps_with_jobs": median(busy), "fps_kept_pct": kept(idle, busy),
+            "jobs_accepted": codes.count(202),
             "statuses": codes}
 
 
@@ -395,30 +401,56 @@ def s_framejpg(d: Daemon, clients=4, seconds=15) -> dict:
     stop.set()
     for t in ts:
         t.join(10)
-    return {"fps_idle": median(idle), "fps_with_pollers": median(busy), "responses": sum(counts),
+    return {"fps_idle": median(idle), "fps_with_pollers": median(busy), "fps_kept_pct": kept(idle, busy),
+            "responses": sum(counts),
             "responses_per_s": round(sum(counts) / seconds, 1)}
 
 
 SCENARIOS = ("host", "crosssite", "small", "headers", "idle", "slowloris", "framejpg", "explain", "emfile")
+FPS_SCENARIOS = ("framejpg", "explain")  # noisy: repeated, before and after interleaved (--repeat)
+
+
+def commit_of(code: Path) -> str:
+    return subprocess.run(["git", "-C", str(code), "rev-parse", "--short", "HEAD"], capture_output=True,
+                          text=True).stdout.strip()
+
+
+def run_one(code: Path, model: Path, name: str) -> dict:
+    """One scenario on a fresh daemon: no scenario's leftovers (held memory, jobs) bias the next."""
+    with tempfile.TemporaryDirectory() as tmp:
+        d = Daemon(code, model, Path(tmp))
+        try:
+            t0 = time.monotonic()
+            out = globals()[f"s_{name}"](d)
+            out["seconds"] = round(time.monotonic() - t0, 1)
+        finally:
+            d.stop()
+    return out
+
+
+def run_interleaved(codes: dict, model: Path, names: list[str], repeat: int, runs: dict) -> None:
+    """FPS scenarios: before, after, before, after... `repeat` times; medians of each figure."""
+    for name in names:
+        rounds = {label: [] for label in codes}
+        for i in range(repeat):
+            for label, code in codes.items():
+                r = run_one(code, model, name)
+                rounds[label].append(r)
+                print(f"  {label} {name} #{i + 1}: {json.dumps(r)}", flush=True)
+        for label, rs in rounds.items():
+            merged = {k: median([r[k] for r in rs if isinstance(r.get(k), (int, float))])
+                      for k in rs[0] if isinstance(rs[0][k], (int, float))}
+            merged["rounds"] = len(rs)
+            merged["all"] = rs
+            runs[label][name] = merged
 
 
 def run_code(code: Path, model: Path, only: list[str]) -> dict:
-    out = {"code": str(code), "commit": subprocess.run(["git", "-C", str(code), "rev-parse", "--short", "HEAD"],
-                                                      capture_output=True, text=True).stdout.strip()}
+    out = {"code": str(code), "commit": commit_of(code)}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        shared = [s for s in only if s != "emfile"]
-        for name in shared:
-            # a fresh daemon per scenario: no scenario's leftovers (held memory, jobs) bias the next
-            sub = work / name
-            sub.mkdir()
-            d = Daemon(code, model, sub)
-            try:
-                t0 = time.monotonic()
-                out[name] = globals()[f"s_{name}"](d)
-                out[name]["seconds"] = round(time.monotonic() - t0, 1)
-            finally:
-                d.stop()
+        for name in [s for s in only if s != "emfile"]:
+            out[name] = run_one(code, model, name)
             print(f"  {name}: {json.dumps(out[name])}", flush=True)
         if "emfile" in only:
             sub = work / "emfile"
@@ -453,7 +485,9 @@ ROWS = [
     ("small", "SIGHUP: daemon alive after", lambda r: "yes" if r["sighup_alive"] else f"no (exit {r['sighup_exit_code']})"),
     ("small", "tracebacks in the daemon's log", lambda r: r["tracebacks_in_log"]),
     ("explain", "5 RISE jobs (budget 1000): FPS idle -> with jobs", lambda r: f"{r['fps_idle']} -> {r['fps_with_jobs']}"),
+    ("explain", "  same: FPS kept (%)", lambda r: r["fps_kept_pct"]),
     ("framejpg", "4 clients polling /api/frame.jpg: FPS idle -> with them", lambda r: f"{r['fps_idle']} -> {r['fps_with_pollers']}"),
+    ("framejpg", "  same: FPS kept (%)", lambda r: r["fps_kept_pct"]),
     ("framejpg", "  same: frames served per second", lambda r: r["responses_per_s"]),
 ]
 
@@ -489,6 +523,8 @@ def main():
     ap.add_argument("--before", type=Path, help="a checkout of the code before (e.g. a git worktree of 4ae59c1)")
     ap.add_argument("--model", type=Path, help="edge-saliency ONNX (default: Lite0 exported once, needs torch)")
     ap.add_argument("--only", default=",".join(SCENARIOS), help=f"comma list of: {', '.join(SCENARIOS)}")
+    ap.add_argument("--repeat", type=int, default=3, help="rounds of the FPS scenarios (framejpg, explain), before "
+                    "and after interleaved; medians (default: %(default)s)")
     ap.add_argument("--no-save", action="store_true", help="print, do not write benchmarks/results/")
     ap.add_argument("--render", action="store_true", help="only rewrite the .md from the saved .json")
     args = ap.parse_args()
@@ -503,15 +539,22 @@ def main():
     cache.mkdir(exist_ok=True)
     model = args.model or export_model(cache)
     runs = {}
-    for name, code in ((("before", args.before),) if args.before else ()) + (("after", ROOT),):
+    codes = {name: code.resolve() for name, code in ((("before", args.before),) if args.before else ())
+             + (("after", ROOT),)}
+    once = [s for s in only if s not in FPS_SCENARIOS]
+    for name, code in codes.items():
         print(f"== {name}: {code}", flush=True)
-        runs[name] = run_code(code.resolve(), model, only)
+        runs[name] = run_code(code, model, once)
+    fps = [s for s in only if s in FPS_SCENARIOS]
+    if fps:
+        print(f"== {', '.join(fps)}: {args.repeat} rounds, {' / '.join(codes)} interleaved", flush=True)
+        run_interleaved(codes, model, fps, max(1, args.repeat), runs)
     print(table(runs))
     if not args.no_save:
         RESULTS.mkdir(parents=True, exist_ok=True)
         meta = {"machine": platform.machine(), "cpus": os.cpu_count(), "python": platform.python_version(),
                 "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "model": model.name,
-                "command": "python benchmarks/serve_hostile.py " + " ".join(sys.argv[1:])}
+                "command": "python benchmarks/serve_hostile.py " + " ".join(sys.argv[1:]), "repeat": args.repeat}
         (RESULTS / "serve_hostile.json").write_text(json.dumps({"meta": meta, "runs": runs}, indent=1) + "\n")
         write_md(meta, runs)
 
@@ -531,7 +574,8 @@ def write_md(meta: dict, runs: dict) -> None:
         f"`{meta['command']}` on {meta['cpus']} shared CPUs ({meta['machine']}, Python {meta['python']}), "
         f"{meta['date']}. Daemon: synthetic 30 FPS source, {meta['model']} on 1 thread, no token, default "
         "limits. The machine is shared with other jobs: FPS and CPU figures are noisy (medians of 1 s "
-        "windows, one run each).\n\n" + table(runs) + notes)
+        f"windows; the explain and frame.jpg rows: medians of {meta.get('repeat', 1)} rounds, before and after "
+        "interleaved; the other rows one run each).\n\n" + table(runs) + notes)
     print(f"wrote {RESULTS / 'serve_hostile.md'}")
 
 if __name__ == "__main__":
