@@ -179,6 +179,9 @@ class Handler(BaseHTTPRequestHandler):
             self.close_connection = True
             if r.status == 408 and not conn.expired:
                 return  # the client closed mid-request: nobody to answer
+            if conn.evicted:
+                self._log_evicted()
+                return
             if r.status == 408:
                 self.server.refusals(f"slow:{conn.ip}", logging.WARNING, "%s: request not complete within %g s "
                                      "(request_timeout): closed", conn.ip, self.server.request_timeout)
@@ -192,6 +195,8 @@ class Handler(BaseHTTPRequestHandler):
             return
         if head is None:  # closed (or idle past the deadline) between requests
             self.close_connection = True
+            if conn.evicted:
+                self._log_evicted()
             return
         self.raw_requestline, block = head
         real = self.rfile
@@ -208,6 +213,11 @@ class Handler(BaseHTTPRequestHandler):
             return
         method()
         self.wfile.flush()
+
+    def _log_evicted(self):
+        self.server.refusals(f"evict:{self.conn.ip}", logging.INFO, "%s: closed a connection that had sent no "
+                             "complete request, to make room at max_connections = %d", self.conn.ip,
+                             self.server.limits.max_total)
 
     def _request_read(self):
         """The whole request is in: from here on no read deadline (a stream may last for hours)."""

@@ -211,12 +211,13 @@ class AcceptBackoff:
 class Conn:
     """One accepted connection, as the reaper sees it."""
 
-    __slots__ = ("sock", "ip", "deadline", "expired")
+    __slots__ = ("sock", "ip", "deadline", "expired", "evicted")
 
     def __init__(self, sock, ip: str):
         self.sock, self.ip = sock, ip
         self.deadline: float | None = None
         self.expired = False
+        self.evicted = False  # cut to make room for a new connection at the global cap
 
 
 class Deadlines:
@@ -256,7 +257,7 @@ class Deadlines:
             victim = min(waiting, key=lambda c: c.deadline) if waiting else None
             if victim is None:
                 return False
-            victim.expired = True
+            victim.expired = victim.evicted = True
         self.evictions += 1
         try:
             socket.socket.shutdown(victim.sock, socket.SHUT_RDWR)

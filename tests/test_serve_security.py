@@ -119,6 +119,8 @@ def test_per_client_and_global_connection_caps_answer_503_and_log(daemon, logs):
         assert daemon.server.deadlines.evictions >= evicted + 1  # (the watchdog's probe may have been first)
         assert read_all(idle) == b""  # cut without an answer
         idle.close()
+        assert wait_for(lambda: logged(logs, "closed a connection that had sent no complete request, to make room "
+                                             "at max_connections = 6", logging.INFO), 5)
     finally:
         for s in held:
             s.close()
