@@ -90,8 +90,10 @@ class Capture:
 
     # ------------------------------------------------------------------ public
     def start(self, needs_open: bool = False) -> "Capture":
-        """needs_open: the source is not open yet (a camera missing at start): open it with backoff."""
+        """needs_open: the source is not open yet (it could not be at start): open it, retrying with backoff."""
         self._alive_t = time.perf_counter()
+        if needs_open:
+            self._fault("not open yet")
         self._spawn(self.source, needs_open=needs_open)
         self._monitor = threading.Thread(target=self._watch, name="capture-monitor", daemon=True)
         self._monitor.start()

@@ -82,12 +82,11 @@ class Daemon:
             source, source_open = self._open_source(cfg)
         self.engine = Engine(model, source, realtime=cfg.realtime, stale_after=cfg.stale_after, topk=cfg.topk,
                              class_index=class_index, health_stale=cfg.health_stale, loop=cfg.loop,
-                             metrics=self.metrics, source_open=source_open)
+                             metrics=self.metrics)
+        self._source_open = source_open
         self.streams = Streams(self.engine, self.make_renderer, self.views, cfg.jpeg_quality, cfg.stream_fps,
                                cfg.max_viewers, self.metrics)
-        from edge_saliency.serve_streams import FrameCache
-
-        self.frames = FrameCache(self.streams, self.make_renderer, cfg.jpeg_quality, cfg.stream_fps, self.metrics)
+        self.frames = self.streams.frames  # /api/frame.jpg, cached per frame and view
         self.jobs = ExplainJobs(model, queue_size=cfg.explain_queue, keep=cfg.jobs_kept, budget=cfg.explain_budget,
                                 metrics=self.metrics, timeout=cfg.explain_timeout,
                                 model_factory=self._explain_model_factory(model))
@@ -173,7 +172,7 @@ class Daemon:
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> "Daemon":
-        self.engine.start()
+        self.engine.start(needs_open=not self._source_open)
         self.jobs.start()
         self._http_thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.1},
                                              name="http", daemon=True)

@@ -8,8 +8,8 @@ sees fewer of them.
 Health: fresh while a frame was processed within `health_stale` seconds and the capture reports
 a signal; otherwise the reason (starting, no signal and for how long, source ended, stalled).
 A finite source (video file, images) is replayed from the start when it ends if `loop` is set.
-A source that is not open at start (`source_open=False`: a configured camera that is missing) is
-opened by the capture with backoff, and health says so meanwhile. `beats` counts loop iterations,
+A source that is not open at start (`start(needs_open=True)`: a configured camera that is missing)
+is opened by the capture with backoff, and health says so meanwhile. `beats` counts loop iterations,
 frames or not: the systemd watchdog is fed by it (and by HTTP liveness), not by the camera.
 """
 from __future__ import annotations
@@ -40,7 +40,7 @@ class Snapshot:
 class Engine:
     def __init__(self, model, source: Source, realtime: bool = True, stale_after: float | None = None,
                  topk: int = 5, class_index: int | None = None, health_stale: float = 3.0, loop: bool = True,
-                 metrics=None, capture_factory=Capture, source_open: bool = True):
+                 metrics=None, capture_factory=Capture):
         self.model, self.source = model, source
         self.realtime, self.stale_after = realtime, stale_after
         self.topk, self.class_index = topk, class_index
@@ -61,19 +61,19 @@ class Engine:
         self._thread: threading.Thread | None = None
         self._fps = 0.0
         self.error: str | None = None
-        self.source_open = source_open
         self.beats = 0  # loop iterations (the watchdog's proof of progress)
         self._reopen_delay = 0.0
 
     # ------------------------------------------------------------------ lifecycle
-    def start(self) -> "Engine":
+    def start(self, needs_open: bool = False) -> "Engine":
+        """needs_open: the source could not be opened yet; the capture keeps trying (one camera of several)."""
         self.capture = self.capture_factory(self.source, realtime=self.realtime, stale_after=self.stale_after)
         if self.metrics is not None:
             self.metrics.watch_capture(self.capture)
-        if self.source_open:
-            self.capture.start()
-        else:
+        if needs_open:
             self.capture.start(needs_open=True)
+        else:
+            self.capture.start()
         self.t_start = time.perf_counter()
         self._thread = threading.Thread(target=self._run, name="engine", daemon=True)
         self._thread.start()

@@ -471,7 +471,7 @@ class Handler(BaseHTTPRequestHandler):
         if snap is None:
             raise BadRequest(503, "no frame processed yet", {"Retry-After": "1"})
         view = p.get("view", "raw")
-        frame_id, jpeg = self.app.frames.get(view, snap)  # cached per frame and view
+        frame_id, jpeg = self.app.streams.frames.get(view, snap)  # cached per frame and view
         self._reply(200, jpeg, "image/jpeg", {"X-Frame-Id": str(frame_id)}, head=self.command == "HEAD")
 
     def map_png(self, query):

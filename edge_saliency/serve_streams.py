@@ -134,6 +134,7 @@ class Streams:
         self._encoders: dict[str, ViewEncoder] = {}
         self._lock = threading.Lock()
         self.closed = threading.Event()
+        self.frames = FrameCache(self, make_renderer, quality, max_fps, metrics)  # GET /api/frame.jpg
 
     @property
     def viewers(self) -> int:
