@@ -221,15 +221,22 @@ class Daemon:
         self.http_alive_t = time.monotonic()
         return True
 
-    def alive(self, last_beats: int) -> tuple[bool, str]:
-        """(alive, why not): the loop went round since `last_beats` and HTTP answered recently."""
-        eng = self.engine
-        if eng.error:
-            return False, f"inference failed: {eng.error}"
-        if not eng.running:
-            return False, "inference loop not running"
-        if eng.beats == last_beats:
-            return False, "inference loop stuck"
+    def inference_loops(self) -> dict:
+        """name -> Engine: every inference loop the watchdog must see going round."""
+        return {"default": self.engine}
+
+    def alive(self, last_beats: dict) -> tuple[bool, str]:
+        """(alive, why not): every inference loop went round since `last_beats` ({name: beats}) and
+        HTTP answered recently. Whether frames are fresh does not matter (a camera that is gone is
+        /healthz's business, and its capture retries)."""
+        for name, eng in self.inference_loops().items():
+            where = "" if name == "default" else f" ({name})"
+            if eng.error:
+                return False, f"inference failed{where}: {eng.error}"
+            if not eng.running:
+                return False, f"inference loop not running{where}"
+            if eng.beats == last_beats.get(name, -1):
+                return False, f"inference loop stuck{where}"
         tick = min(self.notifier.watchdog_interval or 5.0, 1.0)  # the probe's period (_feed_watchdog)
         if self.http_alive_t is None or time.monotonic() - self.http_alive_t > max(3 * tick, 3.0):
             return False, "HTTP server not answering"
@@ -238,7 +245,7 @@ class Daemon:
     def _feed_watchdog(self) -> None:
         """WATCHDOG=1 only while the loop goes round and HTTP answers its self-probe; STATUS= too."""
         interval = self.notifier.watchdog_interval or 5.0
-        last_beats = -1
+        last_beats: dict = {}
         last_status = 0.0
         logged = ""
         while not self.stopped.wait(min(interval, 1.0) if interval else 1.0):
@@ -246,7 +253,7 @@ class Daemon:
             if self.stopped.is_set():
                 return
             alive, why = self.alive(last_beats)
-            last_beats = self.engine.beats
+            last_beats = {name: eng.beats for name, eng in self.inference_loops().items()}
             if alive and self.notifier.watchdog_interval is not None:
                 self.notifier.watchdog()
                 self.watchdog_pings += 1
