@@ -418,6 +418,10 @@ class HostPolicy:
         site = (headers.get("Sec-Fetch-Site") or "").strip().lower()
         if site in ("cross-site", "same-site"):
             navigate = (headers.get("Sec-Fetch-Mode") or "").strip().lower() == "navigate"
+            dest = (headers.get("Sec-Fetch-Dest") or "").strip().lower()
+            if dest in ("iframe", "frame", "embed", "object"):  # frame-ancestors 'none' says so too
+                raise Refused(403, "this page may not be framed by another site",
+                              f"refused a {site} {dest} of {method}")
             if not (navigate and method in ("GET", "HEAD")):
                 raise Refused(403, "cross-site requests are not allowed",
                               f"refused a {site} {method} (Sec-Fetch-Site)")

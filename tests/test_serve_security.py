@@ -256,7 +256,11 @@ def test_cross_site_requests_are_refused_403(daemon, logs):
     assert request(daemon, "GET", "/stream.mjpg", headers={"Sec-Fetch-Site": "cross-site", "Sec-Fetch-Mode": "no-cors",
                                                          "Sec-Fetch-Dest": "image"})[0] == 403
     # a link from another site to the page is a navigation: allowed; our own page's requests too
-    assert request(daemon, "GET", "/", headers={"Sec-Fetch-Site": "cross-site", "Sec-Fetch-Mode": "navigate"})[0] == 200
+    assert request(daemon, "GET", "/", headers={"Sec-Fetch-Site": "cross-site", "Sec-Fetch-Mode": "navigate",
+                                                "Sec-Fetch-Dest": "document"})[0] == 200
+    assert request(daemon, "GET", "/", headers={"Sec-Fetch-Site": "cross-site", "Sec-Fetch-Mode": "navigate",
+                                                "Sec-Fetch-Dest": "iframe"})[0] == 403
+    assert logged(logs, "refused a cross-site iframe of GET")
     same = {"Origin": f"http://127.0.0.1:{port}", "Sec-Fetch-Site": "same-origin", "Host": f"127.0.0.1:{port}"}
     status, _, body = request(daemon, "POST", "/api/explain", b'{"method": "fastcam"}', {**post, **same})
     assert status == 202, body
