@@ -297,7 +297,9 @@ def main() -> int:
     model = Path(args.model) if args.model else export_small_model(args.input_size, tmp)
     say(f"model: {model}")
     (tmp / "c.toml").write_text(f'model = "{model}"\nsource = "synthetic"\nrealtime = false\nlisten = "127.0.0.1:0"\n'
-                                f'threads = {args.threads}\nmax_viewers = {args.viewers + 8}\n')
+                                f'threads = {args.threads}\nmax_viewers = {args.viewers + 8}\n'
+                                # every client here is 127.0.0.1: the per-client cap is for real networks
+                                f'max_client_connections = {args.viewers + 32}\nmax_connections = {args.viewers + 64}\n')
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
     proc = subprocess.Popen([sys.executable, "-m", "edge_saliency", "serve", "--config", str(tmp / "c.toml")],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
