@@ -602,3 +602,19 @@ def test_the_watchdog_stops_when_inference_hangs(lite0_model, caplog):
         finally:
             model.release.set()
         assert wait_for(lambda: notifier.messages.count("WATCHDOG=1") > pings, 20)  # fed again once it moves
+
+
+def test_host_policy_for_a_wildcard_bind_knows_the_machines_names_and_addresses():
+    from edge_saliency.serve_security import HostPolicy, local_names
+
+    names = local_names()
+    pol = HostPolicy("0.0.0.0")
+    hostname = socket.gethostname().lower()
+    assert pol.allows(hostname) and pol.allows(f"{hostname}.local:8080") and pol.allows("localhost:8080")
+    for addr in names:
+        if ":" not in addr:
+            assert pol.allows(f"{addr}:8080"), addr
+    assert not pol.allows("attacker.example") and not pol.allows("") and not pol.allows(None)
+    bound = HostPolicy("192.0.2.7")  # a specific address: that one, loopback, nothing else
+    assert bound.allows("192.0.2.7:8080") and bound.allows("127.0.0.1") and not bound.allows(hostname + ".example")
+    assert HostPolicy("::1").allows("[::1]:8080") and HostPolicy("127.0.0.1", ["*"]).allows("anything.example")
