@@ -225,7 +225,7 @@ class Handler(BaseHTTPRequestHandler):
 
     def _guard(self, method: str) -> int | None:
         """Host/Origin checks and the strict Content-Length; the body length (None: no body)."""
-        self.server.hosts.check(self.headers, method)
+        self.server.hosts.check(self.headers, method, self.request_version)
         return content_length(self.headers)
 
     def _refuse(self, r: Refused) -> None:

@@ -391,13 +391,14 @@ class HostPolicy:
             return host in self._names
         return False
 
-    def check(self, headers, method: str) -> None:
+    def check(self, headers, method: str, version: str = "HTTP/1.1") -> None:
         """Refused(421) for a Host that is not this server, Refused(403) for a cross-site browser request."""
         host = headers.get("Host")
         if host is None:
-            if headers.get("Origin") or headers.get("Sec-Fetch-Site"):
-                raise Refused(400, "missing Host header", "browser request without a Host header refused")
-            return  # command-line tools speaking HTTP/1.0; a browser always sends Host
+            if version != "HTTP/1.0" or headers.get("Origin") or headers.get("Sec-Fetch-Site"):
+                raise Refused(400, "missing Host header", "request without a Host header refused",
+                              level=logging.INFO)  # RFC 9112 3.2: HTTP/1.1 requires it
+            return  # command-line tools speaking HTTP/1.0
         if len(headers.get_all("Host") or []) > 1:
             raise Refused(400, "more than one Host header", "request with two Host headers refused")
         if not self.allows(host):

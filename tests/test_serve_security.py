@@ -231,6 +231,10 @@ def test_a_foreign_host_header_gets_421_and_is_logged(daemon, logs):
     status, resp = raw(daemon, b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nHost: evil.example\r\n"
                                b"Connection: close\r\n\r\n")
     assert status == 400
+    assert logged(logs, "request with two Host headers refused", logging.WARNING)
+    assert raw(daemon, b"GET /healthz HTTP/1.1\r\nConnection: close\r\n\r\n")[0] == 400  # HTTP/1.1 needs Host
+    assert logged(logs, "request without a Host header refused", logging.INFO)
+    assert raw(daemon, b"GET /healthz HTTP/1.0\r\n\r\n")[0] == 200  # HTTP/1.0 may leave it out
 
 
 def test_allowed_hosts_extends_the_list(lite0_model):
