@@ -30,6 +30,7 @@ import hashlib
 import hmac
 import ipaddress
 import logging
+import os
 import re
 import secrets
 import socket
@@ -549,11 +550,15 @@ class TlsContext:
         return self.context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
 
 
-def load_tls(cert: str | None, key: str | None) -> TlsContext | None:
+def load_tls(cert: str | None, key: str | None, env=None) -> TlsContext | None:
+    """The TLS context of tls_cert/tls_key; unset, systemd credentials tls.crt + tls.key if given."""
     from edge_saliency.config import ConfigError
 
     if not cert and not key:
-        return None
+        d = (os.environ if env is None else env).get("CREDENTIALS_DIRECTORY")
+        if not d or not (os.path.isfile(os.path.join(d, "tls.crt")) and os.path.isfile(os.path.join(d, "tls.key"))):
+            return None
+        cert, key = os.path.join(d, "tls.crt"), os.path.join(d, "tls.key")
     if not cert or not key:
         raise ConfigError("TLS needs both tls_cert and tls_key")
     try:

@@ -622,3 +622,21 @@ def test_host_policy_for_a_wildcard_bind_knows_the_machines_names_and_addresses(
     bound = HostPolicy("192.0.2.7")  # a specific address: that one, loopback, nothing else
     assert bound.allows("192.0.2.7:8080") and bound.allows("127.0.0.1") and not bound.allows(hostname + ".example")
     assert HostPolicy("::1").allows("[::1]:8080") and HostPolicy("127.0.0.1", ["*"]).allows("anything.example")
+
+
+def test_tls_from_systemd_credentials(tmp_path):
+    from edge_saliency.config import ConfigError
+    from edge_saliency.serve_security import load_tls
+
+    cert, key = make_cert(tmp_path, "cred")
+    creds = tmp_path / "creds"
+    creds.mkdir()
+    assert load_tls(None, None, env={"CREDENTIALS_DIRECTORY": str(creds)}) is None  # none given: plain HTTP
+    shutil.copy(cert, creds / "tls.crt")
+    shutil.copy(key, creds / "tls.key")
+    tls = load_tls(None, None, env={"CREDENTIALS_DIRECTORY": str(creds)})
+    assert tls is not None and tls.cert == str(creds / "tls.crt")
+    with pytest.raises(ConfigError, match="TLS needs both tls_cert and tls_key"):
+        load_tls(str(cert), None, env={})
+    with pytest.raises(ConfigError, match="file not found"):
+        load_tls(str(tmp_path / "nope.pem"), str(key), env={})
