@@ -91,9 +91,10 @@ fi
 chown root:root "$CONF_DIR/config.toml"
 if [ "$CREDENTIALS" -eq 1 ]; then
     chmod 0600 "$CONF_DIR/config.toml"
-elif grep -q '^[[:space:]]*token[[:space:]]*=' "$CONF_DIR/config.toml"; then
+elif grep -Eq '^[[:space:]]*(token|password)[[:space:]]*=' "$CONF_DIR/config.toml"; then
     echo "install.sh: systemd $SYSTEMD_VERSION cannot pass a root-only config to the service, and" >&2
-    echo "   $CONF_DIR/config.toml holds a token: move it to $CONF_DIR/env as EDGE_SALIENCY_TOKEN=... (0600)" >&2
+    echo "   $CONF_DIR/config.toml holds a token or an MQTT password: move them to $CONF_DIR/env (0600)" >&2
+    echo "   as EDGE_SALIENCY_TOKEN=... and EDGE_SALIENCY_MQTT_PASSWORD=..." >&2
     exit 2
 else
     chmod 0644 "$CONF_DIR/config.toml"

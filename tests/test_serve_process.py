@@ -187,6 +187,28 @@ def test_a_config_holding_the_token_must_not_be_world_readable(tmp_path, caplog)
     assert load_config(path, env={}).token == "a-secret-token-123" and not caplog.records
 
 
+def test_a_config_holding_the_mqtt_password_must_not_be_world_readable_either(tmp_path):
+    """issue-16's rule for the token applied to issue-15's other secret in the file."""
+    from edge_saliency.serve.config import ConfigError, load_config
+
+    path = tmp_path / "config.toml"
+    path.write_text('source = "synthetic"\n[mqtt]\nhost = "b"\nusername = "cam"\npassword = "mqtt-secret-77"\n')
+    path.chmod(0o644)
+    p = serve(["--config", "config.toml"], tmp_path)
+    lines = p.stderr.strip().splitlines()
+    assert p.returncode == 78 and len(lines) == 1, p.stderr
+    assert "holds the MQTT password and is readable by every user (mode 0644): chmod 600" in lines[0]
+    assert "$EDGE_SALIENCY_MQTT_PASSWORD" in lines[0] and "mqtt-secret-77" not in p.stderr
+    path.chmod(0o600)
+    assert load_config(path, env={}).mqtt["password"] == "mqtt-secret-77"
+    path.write_text('source = "synthetic"\n[mqtt]\nhost = "b"\nusername = "cam"\n')  # no secret: any mode
+    path.chmod(0o644)
+    assert load_config(path, env={"EDGE_SALIENCY_MQTT_PASSWORD": "x"}).mqtt["password"] == "x"
+    with pytest.raises(ConfigError, match="holds the token and the MQTT password"):
+        path.write_text('token = "t-123456789012"\n[mqtt]\nhost = "b"\nusername = "c"\npassword = "p"\n')
+        load_config(path, env={})
+
+
 def test_the_token_from_a_systemd_credential(tmp_path):
     from edge_saliency.serve.config import load_config
 

@@ -194,9 +194,9 @@ def read_file(path: str | os.PathLike) -> dict:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
 
 
-def check_secret_permissions(path: str | os.PathLike) -> None:
-    """A config file that holds the token must not be readable by every user (refused), nor by its
-    group (a warning)."""
+def check_secret_permissions(path: str | os.PathLike, what: str = "the token") -> None:
+    """A config file that holds a secret (the token, the MQTT password) must not be readable by every
+    user (refused), nor by its group (a warning)."""
     import logging
     import stat
 
@@ -205,11 +205,13 @@ def check_secret_permissions(path: str | os.PathLike) -> None:
     except OSError:
         return
     if mode & stat.S_IROTH:
-        raise ConfigError(f"{path} holds the token and is readable by every user (mode {stat.S_IMODE(mode):04o}): "
-                          f"chmod 600 {path}, or move the token to $EDGE_SALIENCY_TOKEN or a systemd credential")
+        moves = ([f"the token to ${TOKEN_ENV} or a systemd credential"] if "token" in what else []) + \
+            (["the password to $EDGE_SALIENCY_MQTT_PASSWORD"] if "MQTT" in what else [])
+        raise ConfigError(f"{path} holds {what} and is readable by every user (mode {stat.S_IMODE(mode):04o}): "
+                          f"chmod 600 {path}, or move {' and '.join(moves)}")
     if mode & stat.S_IRGRP:
-        logging.getLogger("edge_saliency").warning("%s holds the token and is readable by its group (mode %04o); "
-                                                   "chmod 600 it", path, stat.S_IMODE(mode))
+        logging.getLogger("edge_saliency").warning("%s holds %s and is readable by its group (mode %04o); "
+                                                   "chmod 600 it", path, what, stat.S_IMODE(mode))
 
 
 def credential_token(env) -> tuple[str, str] | None:
@@ -248,8 +250,12 @@ def load_config(path: str | os.PathLike | None = None, cli: dict | None = None, 
                 raise ConfigError(f"{path}: unknown {what} {key!r}{hint}; known keys: {', '.join(opts)}")
             values[key] = coerce(opts[key], value, f"{path}: key {key!r}", from_text=False)
             origin[key] = str(path)
-    if path is not None and "token" in raw:
-        check_secret_permissions(path)
+    if path is not None:
+        secrets = [w for w, there in (("the token", "token" in raw),
+                                      ("the MQTT password", isinstance(raw.get("mqtt"), dict)
+                                       and raw["mqtt"].get("password") is not None)) if there]
+        if secrets:
+            check_secret_permissions(path, " and ".join(secrets))
     cred = credential_token(env)
     if cred is not None:
         values["token"] = coerce(opts["token"], cred[1], f"credential {cred[0]}", from_text=True)
