@@ -164,6 +164,23 @@ def test_a_camera_that_cannot_open_at_start_is_retried_while_the_others_run(lite
         assert status == 503 and "camera gone" in body["reason"]
 
 
+def test_a_stream_camera_that_cannot_open_never_shows_its_password(lite0_model, caplog):
+    """The retry of an unreachable rtsp:// camera is logged (the journal) and reported (/healthz,
+    /api/cameras) without the credentials in its URL."""
+    import logging
+
+    caplog.set_level(logging.DEBUG, logger="edge_saliency")
+    cameras = {"ok": {"source": "synthetic"}, "door": {"source": "rtsp://cam:hunter2@127.0.0.1:9/stream1"}}
+    with running(lite0_model, tables={"cameras": cameras}) as d:
+        assert wait_for(lambda: seq(d, "ok") >= 3, 60)
+        assert not d.cameras["door"].engine.health()[0]
+        texts = [request(d, "GET", p)[2].decode() for p in ("/healthz", "/api/cameras", "/metrics")]
+        assert "door" in texts[0] and "rtsp://***@127.0.0.1:9/stream1" in texts[1]
+    logs = "\n".join(r.getMessage() for r in caplog.records)
+    assert "cannot open" in logs and "***@127.0.0.1:9" in logs
+    assert "hunter2" not in logs and not any("hunter2" in t for t in texts)
+
+
 def test_top_level_source_stays_the_default_camera_beside_the_tables(lite0_model, tmp_path):
     from edge_saliency.serve.config import load_config
     from edge_saliency.serve.daemon import Daemon
