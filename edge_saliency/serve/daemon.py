@@ -4,17 +4,17 @@
     edge-saliency serve --model m.onnx --source 0 --listen 127.0.0.1:8080
 
 The same pieces as `edge-saliency run` (sources, latest-frame capture, model, render, salient
-region), arranged for a service: an inference thread keeps the newest result (serve_engine),
-MJPEG encoders render it per view for any number of viewers (serve_streams), a worker runs slower
-explanations on request (serve_jobs), and one HTTP port serves it all (serve_http), with
-Prometheus metrics (metrics_prom). Settings come from one TOML file with CLI flags on top
-(config). Several cameras share the one model session, each with its own capture, inference
-thread and streams (serve_cameras: `[cameras.NAME]` tables), and results can go to an MQTT broker
-too (serve_mqtt: `[mqtt]`). Under systemd (Type=notify) it says READY=1 once serving, pings the
+region), arranged for a service: an inference thread keeps the newest result (loop.py),
+MJPEG encoders render it per view for any number of viewers (streams.py), a worker runs slower
+explanations on request (jobs.py), and one HTTP port serves it all (http.py), with
+Prometheus metrics (prometheus.py). Settings come from one TOML file with CLI flags on top
+(config.py). Several cameras share the one model session, each with its own capture, inference
+thread and streams (cameras.py: `[cameras.NAME]` tables), and results can go to an MQTT broker
+too (mqtt.py: `[mqtt]`). Under systemd (Type=notify) it says READY=1 once serving, pings the
 watchdog only while every camera's inference loop goes round AND the HTTP server answers a
 self-probe (so a hung inference or a dead HTTP server gets the service restarted; a camera that is
 gone is not a reason: /healthz reports it and its capture keeps retrying) and STOPPING=1 on the
-way out (sdnotify). Limits, Host/Origin checks, sessions and TLS: serve/security.py.
+way out (sdnotify.py). Limits, Host/Origin checks, sessions and TLS: serve/security.py.
 
 SIGTERM/SIGINT: stop accepting connections, finish the frame in hand, close the streams, exit 0
 (well within 2 s). SIGHUP: reload the TLS certificate and the host names, keep serving.
