@@ -83,7 +83,7 @@ class Viewer(threading.Thread):
     def run(self):
         try:
             s = socket.create_connection((self.host, self.port), timeout=15)
-            s.sendall(f"GET /stream.mjpg?view={self.view} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+            s.sendall(f"GET /stream.mjpg?view={self.view} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
             buf = b""
             while b"\r\n\r\n" not in buf:
                 buf += s.recv(65536)
@@ -182,7 +182,7 @@ def fuzz_requests(n: int, seed: int = 0) -> list[bytes]:
         body = rng.choice(bodies)
         if rng.random() < 0.5 and not any(h.startswith(b"Content-Length") for h in hs):
             hs.append(b"Content-Length: %d" % len(body))
-        out.append(line + b"\r\n" + b"Host: x\r\n" + b"".join(h + b"\r\n" for h in hs) + b"\r\n" + body)
+        out.append(line + b"\r\n" + b"Host: 127.0.0.1\r\n" + b"".join(h + b"\r\n" for h in hs) + b"\r\n" + body)
     return out
 
 
@@ -298,7 +298,9 @@ def main() -> int:
     model = Path(args.model) if args.model else export_small_model(args.input_size, tmp)
     say(f"model: {model}")
     (tmp / "c.toml").write_text(f'model = "{model}"\nsource = "synthetic"\nrealtime = false\nlisten = "127.0.0.1:0"\n'
-                                f'threads = {args.threads}\nmax_viewers = {args.viewers + 8}\n')
+                                f'threads = {args.threads}\nmax_viewers = {args.viewers + 8}\n'
+                                # every client here is 127.0.0.1: the per-client cap is for real networks
+                                f'max_client_connections = {args.viewers + 32}\nmax_connections = {args.viewers + 64}\n')
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
     proc = subprocess.Popen([sys.executable, "-m", "edge_saliency", "serve", "--config", str(tmp / "c.toml")],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

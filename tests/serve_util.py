@@ -175,7 +175,7 @@ class MjpegReader:
         self.sock.settimeout(timeout)
         self.sock.connect((host, port))
         hdrs = "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
-        self.sock.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\n{hdrs}\r\n".encode())
+        self.sock.sendall(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{hdrs}\r\n".encode())
         self.buf = b""
         head = self._until(b"\r\n\r\n")
         lines = head.decode("latin-1").split("\r\n")

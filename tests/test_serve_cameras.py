@@ -73,7 +73,9 @@ def test_two_cameras_one_dies_the_other_goes_on(lite0_model):
         job = json.loads(body)["url"]
         done = wait_for(lambda: (lambda j: j if j["state"] in ("done", "failed") else None)(get_json(d, job)[1]), 60)
         assert done["state"] == "done"
-        assert d.jobs.get(done["id"]).snapshot.frame.image.shape[:2] == (480, 640)  # yard's frame, not door's 320x240
+        kept = d.jobs.get(done["id"])
+        assert kept.frame_shape == (480, 640)  # yard's frame, not door's 320x240
+        assert kept.snapshot is None  # a finished job lets its frame go (issue-16)
         status, _, body = request(d, "POST", "/api/explain", json.dumps({"camera": "attic"}),
                                   {"Content-Type": "application/json"})
         assert status == 400 and b"no camera named 'attic'" in body
@@ -106,6 +108,49 @@ def test_two_cameras_one_dies_the_other_goes_on(lite0_model):
         d.stop()
 
 
+def test_the_watchdog_needs_every_cameras_inference_loop_not_only_one(lite0_model, caplog):
+    """Merged rule (issue-15 x issue-16): a camera that is gone does not stop the watchdog (above), but
+    one camera's inference loop that hangs does, even while the other camera and HTTP are fine."""
+    import logging
+    import time
+
+    caplog.set_level(logging.INFO, logger="edge_saliency")
+
+    class HangsForOneCamera:
+        """The real model; predict() blocks in camera b's inference thread once `hang` is set."""
+
+        def __init__(self, model):
+            self.model, self.thread = model, None
+            self.hang, self.release = threading.Event(), threading.Event()
+
+        def __getattr__(self, name):
+            return getattr(self.model, name)
+
+        def predict(self, *a, **kw):
+            if self.hang.is_set() and threading.current_thread() is self.thread:
+                self.release.wait(30)
+            return self.model.predict(*a, **kw)
+
+    model = HangsForOneCamera(lite0_model)
+    notifier = RecordingNotifier(watchdog_usec=400_000)
+    cams = {"a": {"source": "synthetic"}, "b": {"source": "synthetic"}}
+    with running(model, tables={"cameras": cams}, notifier=notifier) as d:
+        model.thread = d.cameras["b"].engine._thread
+        assert wait_for(lambda: seq(d, "a") >= 3 and seq(d, "b") >= 3, 60)
+        assert wait_for(lambda: notifier.messages.count("WATCHDOG=1") >= 3, 30)
+        model.hang.set()
+        time.sleep(2.0)
+        pings, a0 = notifier.messages.count("WATCHDOG=1"), seq(d, "a")
+        time.sleep(2.0)
+        try:
+            assert notifier.messages.count("WATCHDOG=1") == pings  # b is stuck: not fed
+            assert seq(d, "a") > a0 and d.probe_http()  # though camera a and HTTP go on
+            assert any("watchdog not fed: inference loop stuck (camera b)" in r.getMessage() for r in caplog.records)
+        finally:
+            model.release.set()
+        assert wait_for(lambda: notifier.messages.count("WATCHDOG=1") > pings, 20)  # fed again once b moves
+
+
 def test_a_camera_that_cannot_open_at_start_is_retried_while_the_others_run(lite0_model):
     cameras = {"ok": {"source": "synthetic"}, "gone": {"source": "/dev/video93"}}
     with running(lite0_model, tables={"cameras": cameras}) as d:
@@ -117,6 +162,23 @@ def test_a_camera_that_cannot_open_at_start_is_retried_while_the_others_run(lite
         assert status == 503
         status, body = get_json(d, "/healthz")
         assert status == 503 and "camera gone" in body["reason"]
+
+
+def test_a_stream_camera_that_cannot_open_never_shows_its_password(lite0_model, caplog):
+    """The retry of an unreachable rtsp:// camera is logged (the journal) and reported (/healthz,
+    /api/cameras) without the credentials in its URL."""
+    import logging
+
+    caplog.set_level(logging.DEBUG, logger="edge_saliency")
+    cameras = {"ok": {"source": "synthetic"}, "door": {"source": "rtsp://cam:hunter2@127.0.0.1:9/stream1"}}
+    with running(lite0_model, tables={"cameras": cameras}) as d:
+        assert wait_for(lambda: seq(d, "ok") >= 3, 60)
+        assert not d.cameras["door"].engine.health()[0]
+        texts = [request(d, "GET", p)[2].decode() for p in ("/healthz", "/api/cameras", "/metrics")]
+        assert "door" in texts[0] and "rtsp://***@127.0.0.1:9/stream1" in texts[1]
+    logs = "\n".join(r.getMessage() for r in caplog.records)
+    assert "cannot open" in logs and "***@127.0.0.1:9" in logs
+    assert "hunter2" not in logs and not any("hunter2" in t for t in texts)
 
 
 def test_top_level_source_stays_the_default_camera_beside_the_tables(lite0_model, tmp_path):
@@ -159,7 +221,7 @@ def test_camera_config_errors_are_one_line_naming_the_key(tmp_path, toml, words)
 
     (tmp_path / "c.toml").write_text('model = "missing.onnx"\n' + toml)
     p = serve(["--config", "c.toml"], tmp_path)
-    assert p.returncode == 2, p.stderr
+    assert p.returncode == 78, p.stderr  # EX_CONFIG: a bad config is not restarted by systemd (issue-16)
     lines = p.stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in p.stderr, p.stderr
     assert words in lines[0], lines[0]
@@ -171,7 +233,7 @@ def test_a_camera_source_that_names_nothing_stops_the_start_naming_the_camera(tm
     (tmp_path / "c.toml").write_text(f'model = "{lite0_onnx}"\nlisten = "127.0.0.1:0"\n[cameras.a]\nsource = "synthetic"\n'
                                      '[cameras.b]\nsource = "/no/such/video.mp4"\n')
     p = serve(["--config", "c.toml"], tmp_path)
-    assert p.returncode == 2 and "Traceback" not in p.stderr, p.stderr
+    assert p.returncode == 78 and "Traceback" not in p.stderr, p.stderr  # EX_CONFIG (issue-16)
     assert p.stderr.strip().splitlines()[-1].startswith("edge-saliency: error: camera 'b': --source '/no/such/video.mp4'")
 
 

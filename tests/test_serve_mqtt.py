@@ -279,7 +279,7 @@ def test_mqtt_config_errors_are_one_line_naming_the_key(tmp_path, table, words):
 
     (tmp_path / "c.toml").write_text('source = "synthetic"\n' + table)
     p = serve(["--config", "c.toml"], tmp_path)
-    assert p.returncode == 2, p.stderr
+    assert p.returncode == 78, p.stderr  # EX_CONFIG: a bad config is not restarted by systemd (issue-16)
     lines = p.stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in p.stderr, p.stderr
     assert words in lines[0], lines[0]

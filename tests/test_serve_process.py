@@ -1,4 +1,4 @@
-"""`edge-saliency serve` as a process: config errors are one line naming the key (exit 2), and under a
+"""`edge-saliency serve` as a process: config errors are one line naming the key (exit 78), and under a
 systemd-like NOTIFY_SOCKET it says READY=1, feeds WATCHDOG=1, says STOPPING=1 on SIGTERM and exits 0
 within 2 s."""
 from __future__ import annotations
@@ -48,7 +48,7 @@ def serve(args, tmp_path, extra_env=None):
 def test_config_errors_are_one_line_naming_the_key(tmp_path, toml, args, env, words):
     (tmp_path / "config.toml").write_text(toml)
     p = serve(["--config", "config.toml", *args], tmp_path, env)
-    assert p.returncode == 2
+    assert p.returncode == 78  # EX_CONFIG: the unit's RestartPreventExitStatus=
     lines = p.stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in p.stderr, p.stderr
     assert words in lines[0], lines[0]
@@ -56,10 +56,10 @@ def test_config_errors_are_one_line_naming_the_key(tmp_path, toml, args, env, wo
 
 def test_missing_config_file_and_model_are_one_line(tmp_path):
     p = serve(["--config", "nope.toml"], tmp_path)
-    assert p.returncode == 2 and p.stderr.strip() == "edge-saliency: error: config file not found: nope.toml"
+    assert p.returncode == 78 and p.stderr.strip() == "edge-saliency: error: config file not found: nope.toml"
     (tmp_path / "c.toml").write_text('model = "missing.onnx"\nsource = "synthetic"\n')
     p = serve(["--config", "c.toml"], tmp_path)
-    assert p.returncode == 2 and p.stderr.strip().splitlines() == ["edge-saliency: error: model file not found: missing.onnx"]
+    assert p.returncode == 78 and p.stderr.strip().splitlines() == ["edge-saliency: error: model file not found: missing.onnx"]
 
 
 def test_cli_flags_override_the_file():
@@ -132,8 +132,88 @@ def test_example_config_lists_every_key_and_the_unit_is_systemd_ready():
     assert set(options()) - {"token"} <= mentioned | set(read_file(path))
     assert "token" in text
     unit = (ROOT / "deploy" / "edge-saliency.service").read_text()
-    for line in ("Type=notify", "Restart=on-failure", "ProtectSystem=strict", "NoNewPrivileges=yes", "PrivateTmp=yes",
+    for line in ("Type=notify", "Restart=always", "RestartPreventExitStatus=78", "ProtectSystem=strict", "NoNewPrivileges=yes", "PrivateTmp=yes",
                  "SupplementaryGroups=video", "DeviceAllow=char-video4linux rw",
-                 "ExecStart=/opt/edge-saliency/venv/bin/edge-saliency serve --config /etc/edge-saliency/config.toml"):
+                 "ExecStart=/opt/edge-saliency/venv/bin/edge-saliency serve --config %d/config.toml",
+                 "LoadCredential=config.toml:/etc/edge-saliency/config.toml", "ExecReload=/bin/kill -HUP $MAINPID"):
         assert line in unit.splitlines(), line
     assert re.search(r"^WatchdogSec=\d+$", unit, re.M)
+
+
+def test_sighup_reloads_and_the_daemon_keeps_serving(lite0_onnx, tmp_path):
+    (tmp_path / "c.toml").write_text(f'model = "{lite0_onnx}"\nsource = "synthetic"\nlisten = "127.0.0.1:0"\n'
+                                     'threads = 1\n')
+    proc = subprocess.Popen([sys.executable, "-m", "edge_saliency", "serve", "--config", "c.toml"], cwd=tmp_path,
+                            env=env_for(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline()
+        url = line.strip().rsplit(" ", 1)[-1]
+        assert url.startswith("http://127.0.0.1:"), (line, proc.poll())
+        for _ in range(2):
+            proc.send_signal(signal.SIGHUP)
+            time.sleep(0.8)
+            assert proc.poll() is None, "SIGHUP killed the daemon"
+            with urllib.request.urlopen(url + "/api/latest", timeout=10) as r:
+                assert r.status in (200, 503)
+        proc.send_signal(signal.SIGTERM)
+        rc = proc.wait(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    err = proc.stderr.read()
+    assert rc == 0, err
+    assert err.count("SIGHUP: reloaded the allowed host names") == 2 and "Traceback" not in err
+
+
+def test_a_config_holding_the_token_must_not_be_world_readable(tmp_path, caplog):
+    import logging
+
+    from edge_saliency.serve.config import load_config
+
+    path = tmp_path / "config.toml"
+    path.write_text('token = "a-secret-token-123"\nsource = "synthetic"\n')
+    path.chmod(0o644)
+    p = serve(["--config", "config.toml"], tmp_path)
+    lines = p.stderr.strip().splitlines()
+    assert p.returncode == 78 and len(lines) == 1, p.stderr
+    assert "holds the token and is readable by every user (mode 0644): chmod 600" in lines[0]
+    assert "a-secret-token-123" not in p.stderr
+    path.chmod(0o640)
+    caplog.set_level(logging.WARNING, logger="edge_saliency")
+    assert load_config(path, env={}).token == "a-secret-token-123"
+    assert any("readable by its group (mode 0640)" in r.getMessage() for r in caplog.records)
+    path.chmod(0o600)
+    caplog.clear()
+    assert load_config(path, env={}).token == "a-secret-token-123" and not caplog.records
+
+
+def test_a_config_holding_the_mqtt_password_must_not_be_world_readable_either(tmp_path):
+    """issue-16's rule for the token applied to issue-15's other secret in the file."""
+    from edge_saliency.serve.config import ConfigError, load_config
+
+    path = tmp_path / "config.toml"
+    path.write_text('source = "synthetic"\n[mqtt]\nhost = "b"\nusername = "cam"\npassword = "mqtt-secret-77"\n')
+    path.chmod(0o644)
+    p = serve(["--config", "config.toml"], tmp_path)
+    lines = p.stderr.strip().splitlines()
+    assert p.returncode == 78 and len(lines) == 1, p.stderr
+    assert "holds the MQTT password and is readable by every user (mode 0644): chmod 600" in lines[0]
+    assert "$EDGE_SALIENCY_MQTT_PASSWORD" in lines[0] and "mqtt-secret-77" not in p.stderr
+    path.chmod(0o600)
+    assert load_config(path, env={}).mqtt["password"] == "mqtt-secret-77"
+    path.write_text('source = "synthetic"\n[mqtt]\nhost = "b"\nusername = "cam"\n')  # no secret: any mode
+    path.chmod(0o644)
+    assert load_config(path, env={"EDGE_SALIENCY_MQTT_PASSWORD": "x"}).mqtt["password"] == "x"
+    with pytest.raises(ConfigError, match="holds the token and the MQTT password"):
+        path.write_text('token = "t-123456789012"\n[mqtt]\nhost = "b"\nusername = "c"\npassword = "p"\n')
+        load_config(path, env={})
+
+
+def test_the_token_from_a_systemd_credential(tmp_path):
+    from edge_saliency.serve.config import load_config
+
+    (tmp_path / "token").write_text("from-a-credential-42\n")
+    cfg = load_config(None, env={"CREDENTIALS_DIRECTORY": str(tmp_path)})
+    assert cfg.token == "from-a-credential-42" and cfg.origin["token"] == "credential"
+    cfg = load_config(None, env={"CREDENTIALS_DIRECTORY": str(tmp_path), "EDGE_SALIENCY_TOKEN": "from-the-env-99"})
+    assert cfg.token == "from-the-env-99"

@@ -210,7 +210,7 @@ class StreamSource(_CaptureSource):
         cap.set(cv2.CAP_PROP_BUFFERSIZE, 1)
 
     def _open_failed(self) -> str:
-        return f"cannot open stream {self.spec} (unreachable, wrong path, or not a video stream)"
+        return f"cannot open stream {_redact(self.spec)} (unreachable, wrong path, or not a video stream)"
 
     def describe(self) -> str:
         return f"stream {_redact(self.spec)}"

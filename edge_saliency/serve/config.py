@@ -17,7 +17,7 @@ import re
 from pathlib import Path
 from typing import Any, Callable
 
-from edge_saliency.serve.options import ConfigError, Option, coerce, in_range, one_of
+from edge_saliency.serve.options import EX_CONFIG, ConfigError, Option, coerce, in_range, one_of  # noqa: F401
 
 TOKEN_ENV = "EDGE_SALIENCY_TOKEN"
 
@@ -91,10 +91,39 @@ def _options() -> list[Option]:
                in_range(0.1, 3600)),
         Option("explain_queue", int, 4, "explain jobs waiting at most (more get 429)", in_range(1, 1000)),
         Option("explain_budget", int, 1000, "model queries per black-box explain job (decam, maskopt, rise)",
-               in_range(2, 10_000_000)),
-        Option("jobs_kept", int, 64, "finished explain jobs kept for GET /api/jobs/<id>", in_range(1, 100000)),
+               in_range(2, 20_000)),
+        Option("jobs_kept", int, 64, "finished explain jobs kept for GET /api/jobs/<id> (their results and maps, "
+               "not their frames)", in_range(1, 1000)),
+        *_security_options(),
         Option("access_log", bool, False, "log every HTTP request"),
         Option("log_level", str, "info", "debug, info, warning or error", one_of(("debug", "info", "warning", "error"))),
+    ]
+
+
+def _security_options() -> list[Option]:
+    """Limits, TLS and explain isolation of `edge-saliency serve` (see serve/security.py)."""
+    return [
+        Option("max_connections", int, 64, "open HTTP connections at most (more are answered 503 and closed; "
+               "also bounded by the file-descriptor limit)", in_range(4, 100000)),
+        Option("max_client_connections", int, 16, "open HTTP connections from one client address at most "
+               "(raise it behind a reverse proxy)", in_range(1, 100000)),
+        Option("request_timeout", float, 15.0, "seconds a connection has to send a whole request (line, "
+               "headers and body) once it waits for one; later ones get 408 and are closed", in_range(1.0, 300.0)),
+        Option("max_header", int, 16384, "bytes of request line and headers at most (more get 431)",
+               in_range(1024, 65536)),
+        Option("allowed_hosts", str, None, "comma-separated extra Host names this server answers to "
+               "(loopback names and the bound address always; '*' turns the check off; '*.example' a domain)",
+               nullable=True),
+        Option("generate_token", bool, False, "listening beyond loopback without a token: make a random one at "
+               "start and print it once (otherwise such a start is refused)"),
+        Option("session_hours", float, 12.0, "hours a browser login (signed session cookie) lasts",
+               in_range(0.01, 24 * 90)),
+        Option("tls_cert", str, None, "PEM certificate (chain) for HTTPS; reloaded on SIGHUP", nullable=True),
+        Option("tls_key", str, None, "PEM private key for tls_cert", nullable=True),
+        Option("explain_timeout", float, 60.0, "seconds an explain job may run before it is stopped",
+               in_range(1.0, 3600.0)),
+        Option("explain_threads", int, 1, "inference threads of the explain jobs' own model session, run at "
+               "lower priority than the live loop (0: share the live model)", in_range(0, 64)),
     ]
 
 
@@ -170,8 +199,40 @@ def read_file(path: str | os.PathLike) -> dict:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
 
 
+def check_secret_permissions(path: str | os.PathLike, what: str = "the token") -> None:
+    """A config file that holds a secret (the token, the MQTT password) must not be readable by every
+    user (refused), nor by its group (a warning)."""
+    import logging
+    import stat
+
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return
+    if mode & stat.S_IROTH:
+        moves = ([f"the token to ${TOKEN_ENV} or a systemd credential"] if "token" in what else []) + \
+            (["the password to $EDGE_SALIENCY_MQTT_PASSWORD"] if "MQTT" in what else [])
+        raise ConfigError(f"{path} holds {what} and is readable by every user (mode {stat.S_IMODE(mode):04o}): "
+                          f"chmod 600 {path}, or move {' and '.join(moves)}")
+    if mode & stat.S_IRGRP:
+        logging.getLogger("edge_saliency").warning("%s holds %s and is readable by its group (mode %04o); "
+                                                   "chmod 600 it", path, what, stat.S_IMODE(mode))
+
+
+def credential_token(env) -> tuple[str, str] | None:
+    """(path, token) from systemd's LoadCredential=token:... ($CREDENTIALS_DIRECTORY/token), if there."""
+    d = env.get("CREDENTIALS_DIRECTORY")
+    if not d:
+        return None
+    p = Path(d) / "token"
+    try:
+        return str(p), p.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
 def load_config(path: str | os.PathLike | None = None, cli: dict | None = None, env=None) -> Config:
-    """Defaults < config file < $EDGE_SALIENCY_TOKEN (token only) < command-line flags."""
+    """Defaults < config file < credential `token` < $EDGE_SALIENCY_TOKEN (token only) < command-line flags."""
     opts = options()
     env = os.environ if env is None else env
     values = {name: o.default for name, o in opts.items()}
@@ -194,6 +255,16 @@ def load_config(path: str | os.PathLike | None = None, cli: dict | None = None, 
                 raise ConfigError(f"{path}: unknown {what} {key!r}{hint}; known keys: {', '.join(opts)}")
             values[key] = coerce(opts[key], value, f"{path}: key {key!r}", from_text=False)
             origin[key] = str(path)
+    if path is not None:
+        secrets = [w for w, there in (("the token", "token" in raw),
+                                      ("the MQTT password", isinstance(raw.get("mqtt"), dict)
+                                       and raw["mqtt"].get("password") is not None)) if there]
+        if secrets:
+            check_secret_permissions(path, " and ".join(secrets))
+    cred = credential_token(env)
+    if cred is not None:
+        values["token"] = coerce(opts["token"], cred[1], f"credential {cred[0]}", from_text=True)
+        origin["token"] = "credential"
     token = env.get(TOKEN_ENV)
     if token is not None:
         values["token"] = coerce(opts["token"], token, f"${TOKEN_ENV}", from_text=True)

@@ -4,31 +4,46 @@
     edge-saliency serve --model m.onnx --source 0 --listen 127.0.0.1:8080
 
 The same pieces as `edge-saliency run` (sources, latest-frame capture, model, render, salient
-region), arranged for a service: an inference thread keeps the newest result (serve_engine),
-MJPEG encoders render it per view for any number of viewers (serve_streams), a worker runs slower
-explanations on request (serve_jobs), and one HTTP port serves it all (serve_http), with
-Prometheus metrics (metrics_prom). Settings come from one TOML file with CLI flags on top
-(config). Several cameras share the one model session, each with its own capture, inference
-thread and streams (serve_cameras: `[cameras.NAME]` tables), and results can go to an MQTT broker
-too (serve_mqtt: `[mqtt]`). Under systemd (Type=notify) it says READY=1 once serving, pings the watchdog only while
-frames are captured and inferred (so a hung camera or inference gets the service restarted; with
-several cameras, while any of them progresses: one dead camera reconnects on its own) and
-STOPPING=1 on the way out (sdnotify).
+region), arranged for a service: an inference thread keeps the newest result (loop.py),
+MJPEG encoders render it per view for any number of viewers (streams.py), a worker runs slower
+explanations on request (jobs.py), and one HTTP port serves it all (http.py), with
+Prometheus metrics (prometheus.py). Settings come from one TOML file with CLI flags on top
+(config.py). Several cameras share the one model session, each with its own capture, inference
+thread and streams (cameras.py: `[cameras.NAME]` tables), and results can go to an MQTT broker
+too (mqtt.py: `[mqtt]`). Under systemd (Type=notify) it says READY=1 once serving, pings the
+watchdog only while every camera's inference loop goes round AND the HTTP server answers a
+self-probe (so a hung inference or a dead HTTP server gets the service restarted; a camera that is
+gone is not a reason: /healthz reports it and its capture keeps retrying) and STOPPING=1 on the
+way out (sdnotify.py). Limits, Host/Origin checks, sessions and TLS: serve/security.py.
 
 SIGTERM/SIGINT: stop accepting connections, finish the frame in hand, close the streams, exit 0
-(well within 2 s).
+(well within 2 s). SIGHUP: reload the TLS certificate and the host names, keep serving.
+Exit codes: 0 stopped, 1 runtime failure (systemd restarts), 78 bad configuration (EX_CONFIG: the
+unit's RestartPreventExitStatus=, so it is not restarted every few seconds forever).
 """
 from __future__ import annotations
 
+import http.client
 import logging
+import signal
+import ssl
 import threading
 import time
 from pathlib import Path
 
-from edge_saliency.serve.config import Config, add_arguments, cli_values, load_config
 from edge_saliency.errors import UserError
+from edge_saliency.serve.config import Config, add_arguments, cli_values, load_config
+from edge_saliency.serve.options import ConfigError
 
 log = logging.getLogger("edge_saliency")
+
+LIVE_KINDS = ("webcam", "stream", "gstreamer")  # sources that may come back later: retried, not fatal
+
+
+class RuntimeFailure(UserError):
+    """The daemon failed while running (not its configuration): systemd restarts it."""
+
+    exit_code = 1
 
 
 class Daemon:
@@ -76,6 +91,11 @@ class Daemon:
                 raise UserError(f"{where}: {exc}") from None
         self.views = Renderer(outputs=model.outputs, view="raw").views
         self.metrics.set_build_info(__version__, model.info.arch, model.engine_name, model.provider)
+        host, port = cfg.host_port
+        self.token, self.token_generated = self._token(cfg, host)  # before any camera opens: a config error
+        from edge_saliency.serve.security import load_tls
+
+        self.tls = load_tls(cfg.tls_cert, cfg.tls_key)
         # one model session for every camera and the explain jobs; OpenVINO's one infer request takes one
         # frame at a time
         shared = SerialModel(model) if model.engine_name == "openvino" else model
@@ -115,39 +135,87 @@ class Daemon:
                 raise
             for cam in self.cameras.values():
                 cam.engine.listeners.append(self.mqtt.offer)
+        self.frames = self.streams.frames  # the default camera's /api/frame.jpg, cached per frame and view
+        # explain jobs: their own model session at a lower priority (explain_threads), made at the first job
         self.jobs = ExplainJobs(shared, queue_size=cfg.explain_queue, keep=cfg.jobs_kept, budget=cfg.explain_budget,
-                                metrics=self.metrics)
-        host, port = cfg.host_port
+                                metrics=self.metrics, timeout=cfg.explain_timeout,
+                                model_factory=self._explain_model_factory(model))
         try:
-            self.server = DaemonHTTPServer((host, port), self)
+            self.server = DaemonHTTPServer((host, port), self, tls=self.tls)
         except OSError as exc:
             for src in opened:
                 src.release()
-            raise UserError(f"cannot listen on {cfg.listen} (config key 'listen'): {exc.strerror or exc}") from None
+            if self.mqtt is not None:
+                self.mqtt.stop()
+            raise RuntimeFailure(f"cannot listen on {cfg.listen} (config key 'listen'): {exc.strerror or exc}") from None
         self.stopped = threading.Event()
         self._http_thread: threading.Thread | None = None
         self._watchdog_thread: threading.Thread | None = None
+        self.http_alive_t: float | None = None  # monotonic time of the last answered self-probe
+        self.watchdog_pings = 0
+
+    # ------------------------------------------------------------------ security and isolation
+    @staticmethod
+    def _token(cfg: Config, host: str) -> tuple[str | None, bool]:
+        """The token in force: none needed on loopback; beyond it one is required (or generated)."""
+        from edge_saliency.serve.security import generate_token, is_loopback
+
+        if cfg.token or is_loopback(host):
+            return cfg.token, False
+        if cfg.generate_token:
+            return generate_token(), True
+        raise ConfigError(f"listen = {cfg.listen!r} serves the network without a token: set token (config file, "
+                          "$EDGE_SALIENCY_TOKEN or a systemd credential), or generate_token = true to have one "
+                          "made at start")
 
     def _open_source(self, spec, several: bool):
-        """The camera's source, opened. One of several that cannot open yet is retried in the background."""
+        """The camera's source, opened if it can be. Never a silent fallback to the demo under systemd: a
+        configured (or, in a service, the default) camera that does not open now is retried by the capture
+        (health says so meanwhile); a file or folder that does not open is a configuration error."""
         from edge_saliency.pipeline.sources import SourceError, make_source, open_source
 
-        if not several:
-            return open_source(spec.source, log_fn=log.info)
-        where = f"camera {spec.name!r}"
-        if spec.source is None:
-            return open_source(None, log_fn=log.info)
+        where = f"camera {spec.name!r}: " if several else ""
+        text = spec.source
+        if text is None and not self.notifier.enabled:
+            return open_source(None, log_fn=log.warning)  # interactive: camera 0, else the demo (said)
+        if text is None:
+            text = "0"
+            log.warning("no source set in the config: using camera 0 (a service never falls back to the demo)")
         try:
-            src = make_source(spec.source)
+            src = make_source(text)
         except SourceError as exc:
-            raise UserError(f"{where}: {exc}") from None
+            if not several:
+                raise
+            raise UserError(f"{where}{exc}") from None
         try:
             src.open()
         except SourceError as exc:
-            log.warning("%s: cannot open %s yet (%s); retrying in the background, the other cameras go on",
-                        where, src.describe(), exc)
+            if src.kind not in LIVE_KINDS:
+                if not several:
+                    raise
+                raise UserError(f"{where}{exc}") from None
+            log.error("%s%s: %s; serving anyway and retrying in the background (health reports it)%s", where,
+                      src.describe(), exc, ", the other cameras go on" if several else "")
             self._unopened.add(spec.name)
         return src
+
+    def _explain_model_factory(self, model):
+        """() -> the explain jobs' own model session (None: they share the live one)."""
+        if self.cfg.explain_threads == 0 or not getattr(model, "path", None):
+            return None
+        from edge_saliency.runtime.model import SaliencyModel
+
+        cfg = self.cfg
+        engine = getattr(model, "engine_name", None) or (cfg.engine if cfg.engine != "auto" else "onnxruntime")
+        return lambda: SaliencyModel(model.path, provider=cfg.provider, threads=cfg.explain_threads, engine=engine)
+
+    def reload(self) -> None:
+        """SIGHUP: a new TLS certificate (if TLS) and fresh host names; everything else needs a restart."""
+        if self.tls is not None:
+            self.tls.reload()
+        self.server.hosts.refresh()
+        log.info("SIGHUP: reloaded%s the allowed host names (other settings take a restart)",
+                 " the TLS certificate and" if self.tls is not None else "")
 
     def camera(self, name: str | None):
         """The named camera (None: the default one), or None."""
@@ -178,7 +246,7 @@ class Daemon:
     @property
     def url(self) -> str:
         host, port = self.address
-        return f"http://{'[' + host + ']' if ':' in host else host}:{port}"
+        return f"{'https' if self.tls else 'http'}://{'[' + host + ']' if ':' in host else host}:{port}"
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> "Daemon":
@@ -215,24 +283,72 @@ class Daemon:
         self.jobs.stop()
         self.notifier.close()
 
+    def probe_http(self, timeout: float = 2.0) -> bool:
+        """GET /healthz over loopback (any HTTP answer counts): is the HTTP server serving?"""
+        host, port = self.address
+        if host in ("0.0.0.0", ""):
+            host = "127.0.0.1"
+        elif host == "::":
+            host = "::1"
+        try:
+            if self.tls is not None:
+                ctx = ssl.create_default_context()
+                ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+                conn = http.client.HTTPSConnection(host, port, timeout=timeout, context=ctx)
+            else:
+                conn = http.client.HTTPConnection(host, port, timeout=timeout)
+            try:
+                conn.request("GET", "/healthz", headers={"Host": "127.0.0.1" if ":" not in host else "[::1]",
+                                                         "User-Agent": "edge-saliency-watchdog"})
+                conn.getresponse().read()
+            finally:
+                conn.close()
+        except (OSError, http.client.HTTPException):
+            return False
+        self.http_alive_t = time.monotonic()
+        return True
+
+    def inference_loops(self) -> dict:
+        """name -> Engine: every inference loop the watchdog must see going round (one per camera)."""
+        return {name: cam.engine for name, cam in self.cameras.items()}
+
+    def alive(self, last_beats: dict) -> tuple[bool, str]:
+        """(alive, why not): every camera's inference loop went round since `last_beats` ({name: beats})
+        and HTTP answered within the last 3 s. Whether frames are fresh does not matter (a camera that is
+        gone is /healthz's business, and its capture retries)."""
+        several = len(self.cameras) > 1
+        for name, eng in self.inference_loops().items():
+            where = f" (camera {name})" if several else ""
+            if eng.error:
+                return False, f"inference failed{where}: {eng.error}"
+            if not eng.running:
+                return False, f"inference loop not running{where}"
+            if eng.beats == last_beats.get(name, -1):
+                return False, f"inference loop stuck{where}"
+        tick = min(self.notifier.watchdog_interval or 5.0, 1.0)  # the probe's period (_feed_watchdog)
+        if self.http_alive_t is None or time.monotonic() - self.http_alive_t > max(3 * tick, 3.0):
+            return False, "HTTP server not answering"
+        return True, ""
+
     def _feed_watchdog(self) -> None:
-        """WATCHDOG=1 only while frames come in and inference progresses; a short STATUS= too."""
+        """WATCHDOG=1 only while every camera's loop goes round and HTTP answers its self-probe; STATUS= too."""
         interval = self.notifier.watchdog_interval or 5.0
-        last_seq: dict[str, int] = {}
+        last_beats: dict = {}
         last_status = 0.0
+        logged = ""
         while not self.stopped.wait(min(interval, 1.0) if interval else 1.0):
-            # fed while any camera is fresh and progressing: one dead camera of several must not get the
-            # whole daemon restarted (it reconnects on its own, and /healthz names it)
-            progressing = False
-            for name, cam in self.cameras.items():
-                cam_ok, _ = cam.engine.health()
-                snap = cam.engine.latest
-                seq = snap.seq if snap is not None else 0
-                progressing |= cam_ok and seq != last_seq.get(name, -1)
-                last_seq[name] = seq
-            ok, reason = self.health()
-            if progressing and self.notifier.watchdog_interval is not None:
+            self.probe_http(timeout=min(2.0, max(0.5, interval)))
+            if self.stopped.is_set():
+                return
+            alive, why = self.alive(last_beats)
+            last_beats = {name: eng.beats for name, eng in self.inference_loops().items()}
+            if alive and self.notifier.watchdog_interval is not None:
                 self.notifier.watchdog()
+                self.watchdog_pings += 1
+            if not alive and why != logged:
+                log.warning("watchdog not fed: %s", why)
+            logged = "" if alive else why
+            ok, reason = self.health()
             now = time.monotonic()
             if now - last_status >= 10.0:
                 last_status = now
@@ -255,30 +371,58 @@ def add_parser(sub) -> None:
     p.set_defaults(func=cmd_serve)
 
 
+def _reload_on_sighup(event: threading.Event):
+    """SIGHUP -> a flag the main loop acts on (never the default action, which kills the process)."""
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "SIGHUP"):
+        return None
+    return signal.signal(signal.SIGHUP, lambda signum, frame: event.set())
+
+
 def cmd_serve(args) -> int:
+    hup = threading.Event()
+    old_hup = _reload_on_sighup(hup)  # before the slow start: a SIGHUP then must not kill us either
+    try:
+        return _serve(args, hup)
+    finally:
+        if old_hup is not None:
+            signal.signal(signal.SIGHUP, old_hup)
+
+
+def _serve(args, hup: threading.Event) -> int:
     from edge_saliency.pipeline.live import _Stop
 
     cfg = load_config(Path(args.config) if args.config else None, cli=cli_values(args))
     level = getattr(logging, cfg.log_level.upper())
     logging.getLogger().setLevel(logging.DEBUG if getattr(args, "verbose", False) else level)
-    daemon = Daemon(cfg, default_model=getattr(args, "default_model", None))
+    try:
+        daemon = Daemon(cfg, default_model=getattr(args, "default_model", None))
+    except (ConfigError, RuntimeFailure):
+        raise
+    except UserError as exc:  # a model, view, class, camera or source that cannot work: a config problem
+        raise ConfigError(str(exc)) from None
     stop = _Stop().install()
     clean = False
     try:
         daemon.start()
-        if daemon.address[0] not in ("127.0.0.1", "::1", "localhost") and not cfg.token:
-            log.warning("listening on %s without a token: anyone who can reach it sees the camera "
-                        "(set token in the config or $EDGE_SALIENCY_TOKEN)", daemon.url)
+        if daemon.token_generated:  # printed once, here only (not logged)
+            print(f"edge-saliency: generated token for this run: {daemon.token}", flush=True)
         log.info("serving %s | %s | model: %s on %s | views: %s", daemon.url,
                  "source: " + daemon.engine.source.describe() if len(daemon.cameras) == 1 else
                  "cameras: " + ", ".join(f"{n} ({c.source.describe()})" for n, c in daemon.cameras.items()),
                  daemon.model.info.arch, daemon.model.provider, ", ".join(daemon.views))
         print(f"edge-saliency serving on {daemon.url}", flush=True)
         while not stop.flag.wait(0.5):
+            if hup.is_set():
+                hup.clear()
+                daemon.reload()
+            # a failed inference loop (not a camera that is gone) is the watchdog's reason too: exit 1 at
+            # once, systemd restarts us (Restart=always)
             errors = {n: c.engine.error for n, c in daemon.cameras.items() if c.engine.error}
-            if errors and len(errors) == len(daemon.cameras):  # systemd restarts us (Restart=on-failure)
-                raise UserError("inference loop failed: " + "; ".join(
-                    e if len(errors) == 1 else f"camera {n}: {e}" for n, e in errors.items()))
+            if errors:
+                raise RuntimeFailure("inference loop failed: " + "; ".join(
+                    e if len(daemon.cameras) == 1 else f"camera {n}: {e}" for n, e in errors.items()))
+            if not daemon._http_thread.is_alive():
+                raise RuntimeFailure("the HTTP server stopped")
         clean = True
     finally:
         t0 = time.perf_counter()

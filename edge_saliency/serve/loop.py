@@ -8,6 +8,9 @@ sees fewer of them.
 Health: fresh while a frame was processed within `health_stale` seconds and the capture reports
 a signal; otherwise the reason (starting, no signal and for how long, source ended, stalled).
 A finite source (video file, images) is replayed from the start when it ends if `loop` is set.
+A source that is not open at start (`start(needs_open=True)`: a configured camera that is missing)
+is opened by the capture with backoff, and health says so meanwhile. `beats` counts loop iterations,
+frames or not: the systemd watchdog is fed by it (and by HTTP liveness), not by the camera.
 """
 from __future__ import annotations
 
@@ -63,6 +66,8 @@ class Engine:
         self._fps = 0.0
         self.error: str | None = None
         self.history = History()  # per-second FPS, latency and class for GET /api/history
+        self.beats = 0  # loop iterations (the watchdog's proof of progress)
+        self._reopen_delay = 0.0
 
     # ------------------------------------------------------------------ lifecycle
     def start(self, needs_open: bool = False) -> "Engine":
@@ -146,6 +151,7 @@ class Engine:
         ema_started = False
         try:
             while not self.stop_event.is_set():
+                self.beats += 1
                 cap = self.capture
                 t0 = time.perf_counter()
                 frame = cap.get(last_id, timeout=0.1)
@@ -209,9 +215,13 @@ class Engine:
         src = self.source.clone()
         try:
             src.open()
-        except Exception as exc:
-            log.warning("%s: cannot reopen to replay it (%s)", self.source.describe(), exc)
+        except Exception as exc:  # retried with backoff; logged once per streak
+            if self._reopen_delay == 0:
+                log.warning("%s: cannot reopen to replay it (%s); retrying with backoff", self.source.describe(), exc)
+            self._reopen_delay = min(max(self._reopen_delay * 2, 0.25), 5.0)
+            self.stop_event.wait(self._reopen_delay)
             return False
+        self._reopen_delay = 0.0
         old.stop(timeout=0.3)
         self.source = src
         self.replays += 1

@@ -10,8 +10,14 @@ from typing import Any, Callable
 from edge_saliency.errors import UserError
 
 
+EX_CONFIG = 78  # sysexits.h; the unit's RestartPreventExitStatus= so a bad config is not restarted forever
+
+
 class ConfigError(UserError):
-    """A bad key or value in the config file or on the command line (names the key)."""
+    """A bad key or value in the config file or on the command line (names the key). Exit 78
+    (EX_CONFIG), so that systemd does not restart a daemon whose configuration cannot work."""
+
+    exit_code = EX_CONFIG
 
 
 @dataclass(frozen=True)

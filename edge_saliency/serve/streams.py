@@ -134,6 +134,7 @@ class Streams:
         self._encoders: dict[str, ViewEncoder] = {}
         self._lock = threading.Lock()
         self.closed = threading.Event()
+        self.frames = FrameCache(self, make_renderer, quality, max_fps, metrics)  # GET /api/frame.jpg
 
     @property
     def viewers(self) -> int:
@@ -148,16 +149,71 @@ class Streams:
             return enc
 
     def try_attach(self, view: str) -> ViewEncoder | None:
-        """The view's encoder with one more viewer, or None when max_viewers are connected."""
+        """The view's encoder with one more viewer, or None when max_viewers are connected (the count
+        and the attach under one lock: concurrent viewers cannot overshoot the cap)."""
+        enc = self.encoder(view)
         with self._lock:
             if self.closed.is_set() or sum(e.viewers for e in self._encoders.values()) >= self.max_viewers:
                 return None
-        enc = self.encoder(view)
-        enc.attach()
+            enc.attach()
         return enc
+
+    def newest_jpeg(self, view: str):
+        """The newest JPEG a running encoder of `view` made (Encoded), or None."""
+        enc = self._encoders.get(view)
+        if enc is None or enc.closed or enc.viewers == 0:
+            return None
+        return enc._latest
 
     def close(self) -> None:
         self.closed.set()
         with self._lock:
             for enc in self._encoders.values():
                 enc.close()
+
+
+class FrameCache:
+    """GET /api/frame.jpg: one render + JPEG per frame and view, however many clients ask, and no
+    more often than the streams' `max_fps`; a running MJPEG encoder's JPEG of the same frame is
+    reused as is."""
+
+    def __init__(self, streams: Streams, make_renderer, quality: int, max_fps: float, metrics=None):
+        self.streams = streams
+        self.make_renderer = make_renderer
+        self.quality = quality
+        self.min_period = 1.0 / max_fps if max_fps > 0 else 0.0
+        self.metrics = metrics
+        self._entries: dict[str, tuple[int, bytes, float]] = {}  # view -> (frame id, jpeg, made at)
+        self._renderers: dict[str, Renderer] = {}
+        self._locks: dict[str, threading.Lock] = {}
+        self._lock = threading.Lock()
+        self.renders = 0
+
+    def _view_lock(self, view: str) -> threading.Lock:
+        with self._lock:
+            return self._locks.setdefault(view, threading.Lock())
+
+    def get(self, view: str, snap) -> tuple[int, bytes]:
+        """(frame id, JPEG) of the newest frame in `view` (at most min_period old)."""
+        with self._view_lock(view):
+            now = time.perf_counter()
+            e = self._entries.get(view)
+            if e is not None and (e[0] >= snap.frame.id or now - e[2] < self.min_period):
+                return e[0], e[1]
+            enc = self.streams.newest_jpeg(view)
+            if enc is not None and enc.frame_id >= snap.frame.id:
+                self._entries[view] = (enc.frame_id, enc.jpeg, now)
+                return enc.frame_id, enc.jpeg
+            if view == "raw":
+                img = snap.frame.image
+            else:
+                r = self._renderers.get(view)
+                if r is None:
+                    r = self._renderers[view] = self.make_renderer(view)
+                img = r.render(snap.frame.image, snap.result, self.streams.engine.hud)
+            ok, buf = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, self.quality])
+            if not ok:
+                raise RuntimeError("JPEG encoding failed")
+            self.renders += 1
+            self._entries[view] = (snap.frame.id, buf.tobytes(), now)
+            return snap.frame.id, self._entries[view][1]
