@@ -28,12 +28,15 @@ def spatial_masks(h: int, w: int, variant: str) -> np.ndarray:
     return eye.reshape(h * w, 1, h, w).astype(np.float32)
 
 
-def clone_head(gw, head, batch_input: str, values: dict) -> str:
+def clone_head(gw, head, batch_input: str, values: dict, skip=None) -> str:
     """Copy the head's nodes so they read ``batch_input`` instead of ``head.clone_input``; returns
-    the clone's logits. A Reshape to a constant shape that fixes the batch at 1 gets 0 there
+    the clone's logits (or, with ``skip``, the clone's name for that node's first input: the node
+    itself is not copied). A Reshape to a constant shape that fixes the batch at 1 gets 0 there
     (copy the batch dimension), so the clone runs on any batch."""
     rename = {head.clone_input: batch_input}
     for node in head.nodes:
+        if node is skip:
+            return rename.get(node.input[0], node.input[0])
         inputs = [rename.get(i, i) for i in node.input]
         if node.op_type == "Reshape" and node.input[1] not in rename:
             # the probe's output shape with the batch copied from the input: a dynamic-batch
@@ -127,12 +130,43 @@ def build(ctx) -> dict:
             masks = gw.const(spatial_masks(h, w, spec.recipro_variant).reshape(1, p, 1, h, w), "recipro_masks")
             copies = gw.op("Mul", [gw.unsqueeze(f.tensor, [1], "recipro_f5"), masks], "recipro_copies")
             batch = gw.reshape(copies, [-1, c, h, w], "recipro_batch")
-        head_out = clone_head(gw, head, batch, ctx.values)
-        all_scores = gw.reshape(head_out, [-1, p, k], "recipro_all")
-        s = _target_scores(gw, all_scores, ctx.target, p, spec.recipro_score)
+        last = _final_linear(ctx) if spec.recipro_score == "logit" else None
+        if last is not None:  # only the target's row of the classifier: as on the GAP + linear path
+            node, linear = last
+            feats = clone_head(gw, head, batch, ctx.values, skip=node)
+            d = int(ctx.values[node.input[0]].shape[1])
+            s = _gap_linear_scores(gw, linear, gw.reshape(feats, [-1, p, d], "recipro_feats"), ctx.target, k, p,
+                                   "logit")
+        else:
+            head_out = clone_head(gw, head, batch, ctx.values)
+            all_scores = gw.reshape(head_out, [-1, p, k], "recipro_all")
+            s = _target_scores(gw, all_scores, ctx.target, p, spec.recipro_score)
     _min_max(gw, s, h, w, "recipro_cam")
     return {"score": spec.recipro_score, "variant": spec.recipro_variant, "path": head.kind,
             "feature_layer": f.node, "map_size": list(f.size)}
+
+
+def _final_linear(ctx):
+    """(node, linear) where the head ends in a Gemm on [N, D] features with constant weights: with
+    the logit score its other K - 1 rows are not needed (timm's and torchvision's heads all end so).
+    ``linear`` carries weight/bias/weight_is_kc/alpha/beta like a gap_linear Head."""
+    from types import SimpleNamespace
+
+    head = ctx.head
+    node = next((n for n in head.nodes if head.logits in n.output), None)
+    if node is None or node.op_type != "Gemm" or node is head.nodes[0]:
+        return None
+    attrs = {a.name: a for a in node.attribute}
+    if "transA" in attrs and attrs["transA"].i:
+        return None
+    x = ctx.values.get(node.input[0])
+    static = ctx.analysis.static
+    bias = node.input[2] if len(node.input) > 2 and node.input[2] else None
+    if x is None or x.ndim != 2 or node.input[1] not in static or (bias and bias not in static):
+        return None
+    return node, SimpleNamespace(weight=node.input[1], bias=bias, weight_is_kc=bool(attrs["transB"].i) if "transB" in attrs
+                                 else False, alpha=attrs["alpha"].f if "alpha" in attrs else 1.0,
+                                 beta=attrs["beta"].f if "beta" in attrs else 1.0)
 
 
 def output_shapes(ctx) -> dict:
