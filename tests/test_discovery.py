@@ -166,3 +166,16 @@ def test_cut_points_ignore_shape_arithmetic():
     assert any(n.op_type == "Shape" for n in model.graph.node)
     an = discovery.analyse(model)
     assert an.head.kind == "gap_linear" and an.head.feature.node == "/Relu"
+
+
+def test_scope_paths_name_torch_modules():
+    assert discovery.scope_path("/layer1/layer1.0/conv1/Conv") == "layer1.0.conv1"
+    assert discovery.scope_path("/_blocks.1/_act0/Clip") == "_blocks.1._act0"
+    assert discovery.scope_path("/stages/stages.3/blocks/blocks.1/Add") == "stages.3.blocks.1"
+    assert discovery.scope_path("/relu/Relu") == "relu" and discovery.scope_path("/Flatten") == ""
+
+
+def test_lite0_module_names_resolve(lite0_plain):
+    """A ModuleList's children (Lite0's _blocks.N) are named as named_modules() names them."""
+    model, an = _analyse(lite0_plain, scale_nodes=["_blocks.1._act0", "_blocks.2", "_act_head"])
+    assert [e.node for e in an.scale_ends] == ["/_blocks.1/_act0/Clip", "/_blocks.2/Add", "/_act_head/Clip"]

@@ -252,13 +252,26 @@ def nonnegative_tensors(graph: onnx.GraphProto, static: set[str], values: dict) 
     return nonneg
 
 
+def scope_path(node_name: str) -> str:
+    """The torch module a torch.onnx node came from, as named by model.named_modules():
+    '/layer1/layer1.0/conv1/Conv' -> 'layer1.0.conv1', '/_blocks.1/_act0/Clip' -> '_blocks.1._act0'
+    (a scope segment repeats its parent's name where the parent is a called container)."""
+    segs = node_name.split("/")[1:-1]
+    path: list[str] = []
+    for seg in segs:
+        if path and seg.startswith(path[-1] + "."):
+            path[-1] = seg
+        else:
+            path.append(seg)
+    return ".".join(path)
+
+
 def _module_output(graph: onnx.GraphProto, module: str) -> tuple[str, int, onnx.NodeProto] | None:
     """The output of torch module ``module`` ('layer1', 'blocks.3.0'): torch.onnx names nodes by
-    module scope ('/layer1/layer1.0/conv1/Conv'); the module's output is the last tensor made inside
-    that scope and read outside it (or a graph output)."""
-    parts = module.split(".")
-    scope = "/" + "/".join(".".join(parts[:i + 1]) for i in range(len(parts))) + "/"
-    inside = [i for i, n in enumerate(graph.node) if n.name.startswith(scope)]
+    module scope; the module's output is the last tensor made inside it and read outside it (or a
+    graph output)."""
+    inside = [i for i, n in enumerate(graph.node)
+              if n.name.startswith("/") and (scope_path(n.name) + ".").startswith(module + ".")]
     if not inside:
         return None
     members = set(inside)
