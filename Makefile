@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test browser x11 tools bench clean gui
+.PHONY: demo test browser x11 tools bench clean gui gui-build
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,13 +25,17 @@ demo: $(STAMP) gui
 # makes the GUI build's files the ones imported while the headless requirement stays satisfied.
 # Without a display nothing is changed and `edge-saliency run` runs headless (and says so).
 gui: $(STAMP)
-	@if [ -z "$$DISPLAY$$WAYLAND_DISPLAY" ]; then :; \
-	elif $(BIN)/python -c "import sys; from edge_saliency.runtime.sysdeps import gui_backend; sys.exit(0 if gui_backend() else 1)" 2>/dev/null; then :; \
+	@if [ -z "$$DISPLAY$$WAYLAND_DISPLAY" ]; then :; else $(MAKE) -s gui-build; fi
+
+gui-build: $(STAMP)
+	@if $(BIN)/python -c "import sys; from edge_saliency.runtime.sysdeps import gui_backend; sys.exit(0 if gui_backend() else 1)" 2>/dev/null; then :; \
 	else v=$$($(BIN)/python -c "from importlib.metadata import version; print(version('opencv-python-headless'))") && \
-	  echo "a display is set: installing OpenCV's GUI build (opencv-python==$$v) for the window" && \
+	  echo "installing OpenCV's GUI build (opencv-python==$$v) for the window" && \
 	  $(BIN)/python -m pip install -q --force-reinstall --no-deps "opencv-python==$$v"; fi
 
-test: $(STAMP) browser x11 tools
+# The suite runs the real window on Xvfb (tests/test_window_x11.py), so it wants OpenCV's GUI build
+# (gui-build); the headless build's behaviour is tested on its own copy (tests/test_device_side.py).
+test: $(STAMP) gui-build browser x11 tools
 	$(BIN)/python -m pytest -q
 
 # Debian's Chromium and ChromeDriver for the daemon's browser test (tests/test_serve_browser.py).
