@@ -22,8 +22,8 @@ from edge_saliency.quality import metrics
 from edge_saliency.errors import UserError
 from edge_saliency.explain import methods as registry
 from edge_saliency.explain.common import Scorer
-from edge_saliency.explain.session import (COLUMNS, IMAGE_EXTS, class_index_of, format_table, method_settings,  # noqa: F401
-                                           open_classifier, overlay, preprocess)
+from edge_saliency.explain.session import (COLUMNS, IMAGE_EXTS, class_index_of, format_table, json_default,  # noqa: F401
+                                           method_settings, open_classifier, overlay, preprocess)
 
 
 
@@ -112,17 +112,9 @@ def cmd_explain(args) -> int:
         if status:
             print("interrupted: kept the best map found so far", file=sys.stderr)
             break
-    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=_json_default))
+    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=json_default))
     print(f"wrote {out / 'summary.json'}")
     return status
-
-
-def _json_default(o):
-    if isinstance(o, np.generic):
-        return o.item()
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    return str(o)
 
 
 # ---------------------------------------------------------------- eval
@@ -228,7 +220,7 @@ def cmd_eval(args) -> int:
               "budget": args.budget, "seconds": time.perf_counter() - t0, "summary": summary, "per_image": rows}
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(report, indent=2, default=_json_default))
+        Path(args.json).write_text(json.dumps(report, indent=2, default=json_default))
         print(f"wrote {args.json}")
     sheet = args.sheet or (str(Path(args.json).with_suffix(".png")) if args.json else None)
     if sheet:

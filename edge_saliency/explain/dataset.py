@@ -53,7 +53,7 @@ import numpy as np
 from edge_saliency import contract
 from edge_saliency.quality import metrics
 from edge_saliency.errors import UserError
-from edge_saliency.explain.session import IMAGE_EXTS
+from edge_saliency.explain.session import IMAGE_EXTS, json_default
 
 LIST_EXTS = {".txt", ".lst"}
 OVERLAY_MAX_SIDE = 640
@@ -423,7 +423,7 @@ class ChunkWorker:
                "queries": int(r.queries), "seconds": float(r.timings["explain"]),
                "map_height": int(sal.shape[0]), "map_width": int(sal.shape[1]),
                "info": json.dumps({k: v for k, v in r.info.items() if not k.endswith("_history")},
-                                  default=_json_default, sort_keys=True)}
+                                  default=json_default, sort_keys=True)}
         buf = io.BytesIO()
         np.save(buf, sal)
         row["_npy"] = buf.getvalue()
@@ -470,14 +470,6 @@ class ChunkWorker:
         out["own_reconstruction"] = (float(r.info["reconstruction"]["accuracy"]) if "reconstruction" in r.info
                                      else None)
         return out
-
-
-def _json_default(o):
-    if isinstance(o, np.generic):
-        return o.item()
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    return str(o)
 
 
 # ---------------------------------------------------------------- the table

@@ -127,3 +127,12 @@ def overlay(image: np.ndarray, saliency: np.ndarray, alpha: float = 0.5) -> np.n
     m = metrics.resize_map(saliency, image.shape[:2])
     heat = cv2.applyColorMap(np.clip(m * 255, 0, 255).astype(np.uint8), cv2.COLORMAP_JET)
     return cv2.addWeighted(image, 1 - alpha, heat, alpha, 0)
+
+
+def json_default(o):
+    """json.dumps(default=...) for numpy values in results."""
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    return str(o)
