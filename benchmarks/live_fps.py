@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from edge_saliency.pipeline.capture import Capture  # noqa: E402
 from edge_saliency.runtime.device_info import cpu_model  # noqa: E402
-from edge_saliency.pipeline.live import LiveLoop  # noqa: E402
+from edge_saliency.pipeline.live import live_loop  # noqa: E402
 from edge_saliency.cli.default_model import ensure_default_model  # noqa: E402
 from edge_saliency.runtime.model import SaliencyModel  # noqa: E402
 from edge_saliency.pipeline.render import Renderer  # noqa: E402
@@ -98,7 +98,7 @@ def main() -> int:
             src.open()
             cap = Capture(src, realtime=False).start()
             try:
-                runs.append(LiveLoop(model, cap, renderer, topk=3).run())
+                runs.append(live_loop(model, cap, renderer, topk=3)[0].run())
             finally:
                 cap.stop()
         e2e = runs[0]
@@ -114,7 +114,7 @@ def main() -> int:
     syn.open()
     cap = Capture(syn, realtime=True).start()
     try:
-        lag = LiveLoop(model, cap, renderer, topk=3, max_frames=a.lag_frames).run()
+        lag = live_loop(model, cap, renderer, topk=3, max_frames=a.lag_frames)[0].run()
     finally:
         cap.stop()
     lag_stats = cap.stats

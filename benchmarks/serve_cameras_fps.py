@@ -52,11 +52,11 @@ def run_config(model, n: int, paced: bool, warmup_s: float, measure_s: float) ->
     d = Daemon(cfg, model=model, sources=sources, notifier=Quiet()).start()
     try:
         time.sleep(warmup_s)
-        seq0 = {c: (d.cameras[c].engine.latest.seq if d.cameras[c].engine.latest else 0) for c in names}
+        seq0 = {c: (d.cameras[c].loop.latest.seq if d.cameras[c].loop.latest else 0) for c in names}
         t0 = time.perf_counter()
         time.sleep(measure_s)
         t1 = time.perf_counter()
-        seq1 = {c: (d.cameras[c].engine.latest.seq if d.cameras[c].engine.latest else 0) for c in names}
+        seq1 = {c: (d.cameras[c].loop.latest.seq if d.cameras[c].loop.latest else 0) for c in names}
     finally:
         d.stop()
     return [(seq1[c] - seq0[c]) / (t1 - t0) for c in names]

@@ -245,7 +245,7 @@ def recovery(model_path: Path, cycles: int) -> dict:
     src.open()
     cfg = load_config(None, cli={"listen": "127.0.0.1:0", "stale_after": "0.5", "health_stale": "2", "threads": "1"}, env={})
     d = Daemon(cfg, model=SaliencyModel(model_path, provider="cpu", threads=1), source=src)
-    d.engine.capture_factory = partial(Capture, backoff=(0.25, 2.0))
+    d.loop.capture_factory = partial(Capture, backoff=(0.25, 2.0))
     d.start()
     host, port = d.address
     rows = []

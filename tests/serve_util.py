@@ -97,7 +97,7 @@ def start_daemon(model, source=None, notifier=None, fast_backoff=True, tables=No
     d = Daemon(cfg, model=model, source=source, notifier=notifier or RecordingNotifier(None), sources=sources)
     if fast_backoff:
         for cam in d.cameras.values():
-            cam.engine.capture_factory = partial(Capture, backoff=(0.05, 0.2))
+            cam.loop.capture_factory = partial(Capture, backoff=(0.05, 0.2))
     return d.start()
 
 

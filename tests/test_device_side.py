@@ -247,7 +247,7 @@ FINISH = """
 import logging, sys, threading, time
 logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
 from edge_saliency.serve.daemon import finish_inference
-t = threading.Thread(target=time.sleep, args=(float(sys.argv[1]),), name="engine", daemon=True)
+t = threading.Thread(target=time.sleep, args=(float(sys.argv[1]),), name="camera-loop", daemon=True)
 t.start()
 done = finish_inference(limit=float(sys.argv[2]))
 print("RETURNED", done, flush=True)
@@ -261,7 +261,7 @@ def test_stop_waits_for_the_frame_in_session_run():
     p = subprocess.run([sys.executable, "-c", FINISH, "0.6", "5"], capture_output=True, text=True, timeout=60,
                        env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert p.returncode == 0 and "RETURNED True" in p.stdout, p.stderr
-    assert "waiting for the inference in progress to finish (engine)" in p.stderr
+    assert "waiting for the inference in progress to finish (camera-loop)" in p.stderr
 
 
 @pytest.mark.device
@@ -270,7 +270,7 @@ def test_stop_leaves_cleanly_when_inference_outlasts_the_limit():
                        env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert p.returncode == 0, p.stderr
     assert "RETURNED" not in p.stdout  # left with os._exit(0): no teardown under a running session
-    assert "inference still running after 0 s (engine): exiting without tearing the session down" in p.stderr
+    assert "inference still running after 0 s (camera-loop): exiting without tearing the session down" in p.stderr
 
 
 def test_openvino_that_cannot_load_its_libraries_is_not_an_engine_here(tmp_path, monkeypatch, lite0_onnx):

@@ -48,7 +48,7 @@ def test_seconds_are_summarised_when_complete_and_gaps_are_kept():
 
 def test_api_history_serves_the_last_seconds(lite0_model):
     with running(lite0_model) as d:
-        assert wait_for(lambda: d.engine.latest, 60)
+        assert wait_for(lambda: d.loop.latest, 60)
         time.sleep(2.5)
         status, j = get_json(d, "/api/history")
         assert status == 200 and j["interval_s"] == 1 and j["window_s"] == 300

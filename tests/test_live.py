@@ -15,7 +15,9 @@ import numpy as np
 import pytest
 
 from edge_saliency.pipeline.capture import Capture
-from edge_saliency.pipeline.live import FpsMeter, LiveLoop
+from edge_saliency.pipeline.frame_loop import FpsMeter, Sink
+from edge_saliency.pipeline.live import live_loop
+from edge_saliency.pipeline.window import LiveWindow
 from edge_saliency.pipeline.render import Renderer
 from edge_saliency.pipeline.sources import DemoSource, SyntheticSource, read_stamp
 
@@ -140,20 +142,15 @@ def test_loop_shows_the_newest_frame_of_a_live_30fps_source(lite0_model):
     src.open()
     shown = []
 
-    class Spy:  # a sink that checks what the loop displays
-        frames = 0
-
-        def write(self, img, t=None):
-            shown.append(read_stamp(img))
-
-        def close(self):
-            pass
+    class Spy(Sink):  # a sink that checks what the loop displays
+        def on_frame(self, tick):
+            shown.append(read_stamp(tick.image))
 
     renderer = Renderer(view="fastcam", alpha=0.0, scale_names=lite0_model.info.scale_names, outputs=lite0_model.outputs)
     renderer.hud = False  # keep the stamp in the top rows readable
     cap = Capture(src, realtime=True).start()
     try:
-        summary = LiveLoop(lite0_model, cap, renderer, recorder=Spy(), max_frames=12).run()
+        summary = live_loop(lite0_model, cap, renderer, recorder=Spy(), max_frames=12)[0].run()
     finally:
         cap.stop()
     assert summary.frames == 12
@@ -175,7 +172,7 @@ def test_fps_meter_measures_from_the_first_frame():
 
 def test_window_keys_switch_views_alpha_hud_and_quit():
     renderer = Renderer(view="fastcam")
-    loop = LiveLoop(model=None, capture=None, renderer=renderer)
+    loop = LiveWindow(None, renderer, say=lambda m: None)
     assert loop.handle_key(ord("4"), None, 1) and renderer.view == "lovi"
     assert loop.handle_key(ord("v"), None, 1) and renderer.view == "side"
     assert loop.handle_key(ord("h"), None, 1) and renderer.hud is False
@@ -198,7 +195,7 @@ def test_the_first_frame_already_shows_a_measured_fps(lite0_model):
     renderer = Spy(view="fastcam", scale_names=lite0_model.info.scale_names, outputs=lite0_model.outputs)
     cap = Capture(src, realtime=True).start()
     try:
-        LiveLoop(lite0_model, cap, renderer, max_frames=6).run()
+        live_loop(lite0_model, cap, renderer, max_frames=6)[0].run()
     finally:
         cap.stop()
     assert len(seen) == 6 and all(f > 0 for f in seen)  # never "0.0 FPS", not even on frame 1

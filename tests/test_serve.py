@@ -19,7 +19,7 @@ from serve_util import (MjpegReader, RecordingNotifier, Switchable, decode_jpeg,
 @pytest.fixture(scope="module")
 def daemon(lite0_model):
     d = start_daemon(lite0_model, explain_queue=1, topk=4)
-    assert wait_for(lambda: d.engine.latest and d.engine.latest.seq >= 2, 60), "no frames processed"  # fps needs two
+    assert wait_for(lambda: d.loop.latest and d.loop.latest.seq >= 2, 60), "no frames processed"  # fps needs two
     yield d
     d.stop()
 
@@ -59,7 +59,7 @@ def test_frame_jpg_and_map_png(daemon, lite0_model):
     status, h, body = request(daemon, "GET", "/api/map.png")
     assert status == 200 and h["content-type"] == "image/png" and h["x-map"] == "fastcam"
     m = cv2.imdecode(np.frombuffer(body, np.uint8), cv2.IMREAD_UNCHANGED)
-    r = daemon.engine.latest.result
+    r = daemon.loop.latest.result
     assert m.dtype == np.uint8 and m.shape == r.smoe.shape and m.min() == 0 and m.max() >= 254  # min-max stretched
     status, h, body = request(daemon, "GET", "/api/map.png?map=recipro")
     assert status == 200 and cv2.imdecode(np.frombuffer(body, np.uint8), cv2.IMREAD_UNCHANGED).shape == r.recipro_cam.shape
@@ -91,12 +91,12 @@ def test_viewers_of_one_view_share_one_encoder_and_a_stalled_viewer_does_not_sto
         assert metric_value(metrics, "edge_saliency_stream_viewers", {"view": "lovi"}) == 2
         assert sum(t.name == "encoder-lovi" for t in threading.enumerate()) == 1
         # the slow viewer reads nothing; the other viewer and inference go on
-        start = daemon.engine.latest.seq
+        start = daemon.loop.latest.seq
         got = [int(fast.part()[0]["x-frame-id"]) for _ in range(8)]
         assert got == sorted(set(got))
-        assert daemon.engine.latest.seq >= start + 8
+        assert daemon.loop.latest.seq >= start + 8
         # when it reads again it is soon sent the newest frames, not a backlog of every frame
-        newest = daemon.engine.latest.frame.id
+        newest = daemon.loop.latest.frame.id
         seen = [int(slow.part()[0]["x-frame-id"]) for _ in range(12)]
         assert max(seen) >= newest
     finally:
@@ -233,13 +233,13 @@ def test_malformed_requests_get_4xx_and_the_server_goes_on(daemon, data, status)
     assert got == status, resp[:300]
     assert 400 <= got < 500
     assert request(daemon, "GET", "/healthz")[0] == 200
-    assert daemon.engine.running and daemon._http_thread.is_alive()
+    assert daemon.loop.running and daemon._http_thread.is_alive()
 
 
 def test_bearer_token_guards_everything_but_healthz(lite0_model):
     token = "s3cret-token-for-tests"
     with running(lite0_model, token=token) as d:
-        assert wait_for(lambda: d.engine.latest, 60)
+        assert wait_for(lambda: d.loop.latest, 60)
         for path in ("/", "/api/latest", "/api/frame.jpg", "/api/map.png", "/metrics", "/stream.mjpg",
                      "/api/jobs/0000000000000000"):
             status, h, body = request(d, "GET", path)
@@ -266,7 +266,7 @@ def test_bearer_token_guards_everything_but_healthz(lite0_model):
 
 def test_too_many_viewers_get_503(lite0_model):
     with running(lite0_model, max_viewers=1) as d:
-        assert wait_for(lambda: d.engine.latest, 60)
+        assert wait_for(lambda: d.loop.latest, 60)
         s = MjpegReader(d, "/stream.mjpg?view=raw")
         try:
             s.part()
@@ -292,7 +292,7 @@ def test_healthz_503_while_the_camera_is_gone_then_200_and_the_watchdog_follows_
             assert bad is not None and bad[1]["status"] == "unavailable"
             assert "no frames from switchable camera" in bad[1]["reason"] and "reconnecting" in bad[1]["reason"]
             pings = notifier.messages.count("WATCHDOG=1")
-            assert wait_for(lambda: request(d, "GET", "/healthz")[0] == 503 and d.engine.capture.signal_lost_for > 1.0, 20)
+            assert wait_for(lambda: request(d, "GET", "/healthz")[0] == 503 and d.loop.capture.signal_lost_for > 1.0, 20)
             assert wait_for(lambda: notifier.messages.count("WATCHDOG=1") >= pings + 2, 20)  # still alive
             assert request(d, "GET", "/healthz")[0] == 503
             cam.plug.set()

@@ -53,7 +53,7 @@ def browser(tmp_path):
 
 def test_page_shows_live_frames_top_k_and_switches_view(lite0_model, browser):
     with running(lite0_model) as d:
-        assert wait_for(lambda: d.engine.latest, 60)
+        assert wait_for(lambda: d.loop.latest, 60)
         browser.get(d.url + "/")
         first = wait_for(lambda: browser.execute_script(PIXELS), 30)
         assert first is not None and first[:2] == [640, 480]
@@ -99,7 +99,7 @@ def test_page_plots_fps_latency_and_classes_live_at_two_widths(lite0_model, brow
     demo = DemoSource("demo")  # scenes change every 2 s: the class timeline gets several classes
     demo.open()
     with running(lite0_model, source=demo) as d:
-        assert wait_for(lambda: d.engine.latest, 60)
+        assert wait_for(lambda: d.loop.latest, 60)
         browser.get(d.url + "/")
         first = wait_for(lambda: (lambda c: c if c and c["fps"]["points"] >= 2 else None)(browser.execute_script(CHARTS)), 30)
         assert first is not None, "the FPS plot never got two points"

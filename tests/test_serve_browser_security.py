@@ -81,7 +81,7 @@ def serve_page(html: str):
 def test_a_page_on_another_origin_cannot_start_jobs_read_frames_or_frame_the_page(lite0_model, browser, caplog):
     caplog.set_level(logging.INFO, logger="edge_saliency")
     with running(lite0_model) as d:
-        assert wait_for(lambda: d.engine.latest, 60)
+        assert wait_for(lambda: d.loop.latest, 60)
         target = d.url  # http://127.0.0.1:PORT
         evil = serve_page(EVIL.format(target=target))
         try:
@@ -110,7 +110,7 @@ def test_a_page_on_another_origin_cannot_start_jobs_read_frames_or_frame_the_pag
 def test_dns_rebinding_gets_421_in_the_browser(lite0_model, browser, caplog):
     caplog.set_level(logging.INFO, logger="edge_saliency")
     with running(lite0_model) as d:
-        assert wait_for(lambda: d.engine.latest, 60)
+        assert wait_for(lambda: d.loop.latest, 60)
         port = d.address[1]
         browser.get(f"http://attacker.example:{port}/")  # the attacker's name, the device's address
         text = browser.execute_script("return document.body.innerText")

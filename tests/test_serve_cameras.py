@@ -13,7 +13,7 @@ from serve_util import (MjpegReader, RecordingNotifier, Switchable, decode_jpeg,
 
 
 def seq(d, name):
-    snap = d.cameras[name].engine.latest
+    snap = d.cameras[name].loop.latest
     return snap.seq if snap is not None else 0
 
 
@@ -32,7 +32,7 @@ def test_two_cameras_one_dies_the_other_goes_on(lite0_model):
                      notifier=notifier)
     try:
         assert list(d.cameras) == ["door", "yard"] and d.default_camera.name == "door"
-        assert d.cameras["door"].engine.model is d.cameras["yard"].engine.model is lite0_model  # one session
+        assert d.cameras["door"].loop.model is d.cameras["yard"].loop.model is lite0_model  # one session
         assert wait_for(lambda: seq(d, "door") >= 3 and seq(d, "yard") >= 3, 60)
         status, body = get_json(d, "/api/cameras")
         assert status == 200 and body["default"] == "door"
@@ -84,7 +84,7 @@ def test_two_cameras_one_dies_the_other_goes_on(lite0_model):
 
         # unplug the door camera: it turns unhealthy and reconnects; yard goes on undisturbed
         plug.clear()
-        assert wait_for(lambda: not d.cameras["door"].engine.health()[0], 15)
+        assert wait_for(lambda: not d.cameras["door"].loop.health()[0], 15)
         y0 = seq(d, "yard")
         n0 = len(notifier.messages)
         assert wait_for(lambda: seq(d, "yard") >= y0 + 10, 30), "the other camera stalled"
@@ -102,7 +102,7 @@ def test_two_cameras_one_dies_the_other_goes_on(lite0_model):
         assert metric_value(text, "edge_saliency_healthy") == 0
         # plugged back in: it recovers
         plug.set()
-        assert wait_for(lambda: d.cameras["door"].engine.health()[0], 30)
+        assert wait_for(lambda: d.cameras["door"].loop.health()[0], 30)
         assert wait_for(lambda: get_json(d, "/healthz")[0] == 200, 10)
     finally:
         d.stop()
@@ -135,7 +135,7 @@ def test_the_watchdog_needs_every_cameras_inference_loop_not_only_one(lite0_mode
     notifier = RecordingNotifier(watchdog_usec=400_000)
     cams = {"a": {"source": "synthetic"}, "b": {"source": "synthetic"}}
     with running(model, tables={"cameras": cams}, notifier=notifier) as d:
-        model.thread = d.cameras["b"].engine._thread
+        model.thread = d.cameras["b"].loop._thread
         assert wait_for(lambda: seq(d, "a") >= 3 and seq(d, "b") >= 3, 60)
         assert wait_for(lambda: notifier.messages.count("WATCHDOG=1") >= 3, 30)
         model.hang.set()
@@ -155,7 +155,7 @@ def test_a_camera_that_cannot_open_at_start_is_retried_while_the_others_run(lite
     cameras = {"ok": {"source": "synthetic"}, "gone": {"source": "/dev/video93"}}
     with running(lite0_model, tables={"cameras": cameras}) as d:
         assert wait_for(lambda: seq(d, "ok") >= 5, 60)
-        ok, reason = d.cameras["gone"].engine.health()
+        ok, reason = d.cameras["gone"].loop.health()
         assert not ok and "reconnecting" in reason, reason
         assert seq(d, "gone") == 0
         status, body = get_json(d, "/api/cameras/gone/latest")
@@ -173,7 +173,7 @@ def test_a_stream_camera_that_cannot_open_never_shows_its_password(lite0_model, 
     cameras = {"ok": {"source": "synthetic"}, "door": {"source": "rtsp://cam:hunter2@127.0.0.1:9/stream1"}}
     with running(lite0_model, tables={"cameras": cameras}) as d:
         assert wait_for(lambda: seq(d, "ok") >= 3, 60)
-        assert not d.cameras["door"].engine.health()[0]
+        assert not d.cameras["door"].loop.health()[0]
         texts = [request(d, "GET", p)[2].decode() for p in ("/healthz", "/api/cameras", "/metrics")]
         assert "door" in texts[0] and "rtsp://***@127.0.0.1:9/stream1" in texts[1]
     logs = "\n".join(r.getMessage() for r in caplog.records)
@@ -299,8 +299,8 @@ def test_openvino_cameras_and_explain_jobs_share_one_serialised_model(lite0_onnx
     model = SaliencyModel(lite0_onnx, threads=1, engine="openvino")
     cams = {"a": {"source": "synthetic"}, "b": {"source": "synthetic"}}
     with running(model, tables={"cameras": cams}) as d:
-        assert isinstance(d.cameras["a"].engine.model, SerialModel)
-        assert d.cameras["a"].engine.model is d.cameras["b"].engine.model is d.jobs.model
+        assert isinstance(d.cameras["a"].loop.model, SerialModel)
+        assert d.cameras["a"].loop.model is d.cameras["b"].loop.model is d.jobs.model
         assert wait_for(lambda: seq(d, "a") >= 3 and seq(d, "b") >= 3, 60)
         status, _, body = request(d, "POST", "/api/explain", json.dumps({"method": "rise", "camera": "b"}),
                                   {"Content-Type": "application/json"})
@@ -323,13 +323,13 @@ def test_a_video_camera_that_ends_leaves_the_live_one_running(lite0_model, tmp_p
     gen.write_video(video, 20)
     cams = {"live": {"source": "synthetic"}, "clip": {"source": str(video), "loop": False, "realtime": False}}
     with running(lite0_model, tables={"cameras": cams}) as d:
-        assert d.cameras["clip"].engine.loop is False and d.cameras["live"].engine.loop is True
-        assert wait_for(lambda: not d.cameras["clip"].engine.health()[0] and seq(d, "clip") > 0, 60)
-        ok, reason = d.cameras["clip"].engine.health()
+        assert d.cameras["clip"].loop.replay is False and d.cameras["live"].loop.replay is True
+        assert wait_for(lambda: not d.cameras["clip"].loop.health()[0] and seq(d, "clip") > 0, 60)
+        ok, reason = d.cameras["clip"].loop.health()
         assert "ended" in reason, reason
         assert 0 < seq(d, "clip") <= 20  # every frame of the clip at most once, then nothing
         s0 = seq(d, "live")
         assert wait_for(lambda: seq(d, "live") >= s0 + 10, 30)
-        assert d.cameras["live"].engine.health()[0]
+        assert d.cameras["live"].loop.health()[0]
         status, body = get_json(d, "/healthz")
         assert status == 503 and "camera clip" in body["reason"] and "end of file" in body["reason"]

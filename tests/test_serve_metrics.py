@@ -17,7 +17,7 @@ def test_promtool_finds_nothing_to_complain_about(lite0_model, tmp_path):
         tables = {"cameras": {"door": {"source": "synthetic"}, "yard": {"source": "synthetic", "view": "lovi"}},
                   "mqtt": {"host": "127.0.0.1", "port": broker.port, "prefix": "lint"}}
         with running(lite0_model, tables=tables) as d:
-            assert wait_for(lambda: all(c.engine.latest for c in d.cameras.values()), 60)
+            assert wait_for(lambda: all(c.loop.latest for c in d.cameras.values()), 60)
             s = MjpegReader(d, "/cameras/yard/stream.mjpg")
             try:
                 s.part()

@@ -110,9 +110,9 @@ def test_rate_limits_results_and_map_images_are_png(lite0_model, broker):
                      tables={"mqtt": mqtt_table(broker, rate=2, overlay="map", overlay_format="png", overlay_rate=1,
                                                 retain=True)}) as d:
             assert wait_for(lambda: len(sub.on("test/es/default/result")) >= 2, 60)
-            t0, n0, seq0 = time.monotonic(), len(sub.on("test/es/default/result")), d.engine.latest.seq
+            t0, n0, seq0 = time.monotonic(), len(sub.on("test/es/default/result")), d.loop.latest.seq
             time.sleep(3.0)
-            n, seqs = len(sub.on("test/es/default/result")) - n0, d.engine.latest.seq - seq0
+            n, seqs = len(sub.on("test/es/default/result")) - n0, d.loop.latest.seq - seq0
             elapsed = time.monotonic() - t0
             assert 1 <= n <= 2 * elapsed + 1, (n, elapsed)
             assert seqs > n  # frames were processed between the messages
@@ -122,7 +122,7 @@ def test_rate_limits_results_and_map_images_are_png(lite0_model, broker):
             png = sub.on("test/es/default/overlay")[-1][1]
             assert png[:8] == b"\x89PNG\r\n\x1a\n"
             m = cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_UNCHANGED)
-            assert m.ndim == 2 and m.shape == d.engine.latest.result.smoe.shape
+            assert m.ndim == 2 and m.shape == d.loop.latest.result.smoe.shape
         # retain = true: a subscriber that comes later still gets the last result and image at once
         late = Subscriber(broker.port, "test/es/default/#")
         try:
@@ -142,23 +142,23 @@ def test_broker_killed_and_restarted_publishing_resumes_and_the_loop_never_stall
             assert wait_for(lambda: len(sub.on("test/es/default/result")) >= 3, 60)
             broker.kill()
             assert wait_for(lambda: not d.mqtt.connected.is_set(), 10), "the daemon did not notice the broker died"
-            seq0, frame_at_kill = d.engine.latest.seq, d.engine.latest.frame.id
+            seq0, frame_at_kill = d.loop.latest.seq, d.loop.latest.frame.id
             down_at = time.monotonic()
             # the frame loop goes on while the broker is away; the queue keeps only the newest 5
-            assert wait_for(lambda: d.engine.latest.seq >= seq0 + 10, 30), "the frame loop stalled"
+            assert wait_for(lambda: d.loop.latest.seq >= seq0 + 10, 30), "the frame loop stalled"
             text = request(d, "GET", "/metrics")[2].decode()
             assert metric_value(text, "edge_saliency_mqtt_connected") == 0
             assert metric_value(text, "edge_saliency_mqtt_queue_messages") <= 5
             assert metric_value(text, "edge_saliency_mqtt_messages_dropped_total",
                                 {"camera": "default", "reason": "queue_full"}) >= 5
-            assert d.engine.health()[0]  # /healthz is about frames, not the broker
+            assert d.loop.health()[0]  # /healthz is about frames, not the broker
             time.sleep(max(0.0, 1.5 - (time.monotonic() - down_at)))
-            seq_before_restart = d.engine.latest.seq
+            seq_before_restart = d.loop.latest.seq
             broker.start()
             assert wait_for(lambda: d.mqtt.connected.is_set(), 20), "no reconnect after the broker came back"
             assert wait_for(lambda: any(r["frame"] > frame_at_kill + 10 for r in sub.results("test/es/default/result")),
                             30), "publishing did not resume"
-            assert d.engine.latest.seq > seq_before_restart
+            assert d.loop.latest.seq > seq_before_restart
             assert d.mqtt.connects == 2
             assert wait_for(lambda: [m for m in sub.on("test/es/availability") if m[1] == b"online"][1:], 10)
             text = request(d, "GET", "/metrics")[2].decode()
@@ -177,12 +177,12 @@ def test_a_frozen_broker_does_not_hold_up_the_frame_loop(lite0_model, broker):
             assert wait_for(lambda: len(sub.on("test/es/default/result")) >= 3, 60)
             broker.proc.send_signal(signal.SIGSTOP)
             try:
-                seq0 = d.engine.latest.seq
-                assert wait_for(lambda: d.engine.latest.seq >= seq0 + 15, 30), "the frame loop stalled"
-                assert d.engine.health()[0]
+                seq0 = d.loop.latest.seq
+                assert wait_for(lambda: d.loop.latest.seq >= seq0 + 15, 30), "the frame loop stalled"
+                assert d.loop.health()[0]
             finally:
                 broker.proc.send_signal(signal.SIGCONT)
-            frame = d.engine.latest.frame.id
+            frame = d.loop.latest.frame.id
             assert wait_for(lambda: any(r["frame"] > frame for r in sub.results("test/es/default/result")), 30)
     finally:
         sub.close()
@@ -257,7 +257,7 @@ def test_tls_with_username_and_password(lite0_model, tmp_path):
         with running(lite0_model, tables={"mqtt": good}):
             assert wait_for(lambda: sub.on("tls/default/result"), 60), sub.messages[-3:]
         with running(lite0_model, tables={"mqtt": dict(good, password="wrong-pass")}) as d:
-            assert wait_for(lambda: d.engine.latest and d.engine.latest.seq >= 5, 60)  # frames go on regardless
+            assert wait_for(lambda: d.loop.latest and d.loop.latest.seq >= 5, 60)  # frames go on regardless
             assert not d.mqtt.connected.is_set() and d.mqtt.connects == 0
     finally:
         sub.close()

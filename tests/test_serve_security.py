@@ -28,7 +28,7 @@ TOKEN = "tok-for-security-tests-0123"
 def daemon(lite0_model):
     d = start_daemon(lite0_model, request_timeout=2, max_header=8192, max_client_connections=4, max_connections=6,
                      access_log="true")
-    assert wait_for(lambda: d.engine.latest, 60), "no frame processed"
+    assert wait_for(lambda: d.loop.latest, 60), "no frame processed"
     yield d
     d.stop()
 
@@ -176,7 +176,7 @@ def test_an_idle_keep_alive_connection_is_closed_at_the_deadline(daemon):
 def test_headers_over_the_cap_get_431_before_auth(lite0_model, caplog):
     caplog.set_level(logging.INFO, logger="edge_saliency")
     with running(lite0_model, token=TOKEN, max_header=8192) as d:
-        assert wait_for(lambda: d.engine.latest, 60)
+        assert wait_for(lambda: d.loop.latest, 60)
         status, resp = raw(d, b"GET /api/latest HTTP/1.1\r\nHost: 127.0.0.1\r\n" + b"X-Big: " + b"a" * 9000 + b"\r\n\r\n")
         assert status == 431
         # many medium lines add up under the one cap too
@@ -239,7 +239,7 @@ def test_a_foreign_host_header_gets_421_and_is_logged(daemon, logs):
 
 def test_allowed_hosts_extends_the_list(lite0_model):
     with running(lite0_model, allowed_hosts="cam.example.org, *.lan") as d:
-        assert wait_for(lambda: d.engine.latest, 60)
+        assert wait_for(lambda: d.loop.latest, 60)
         for host, want in (("cam.example.org", 200), ("pi.lan", 200), ("x.pi.lan:8080", 200), ("lan", 421),
                            ("example.org", 421)):
             assert request(d, "GET", "/healthz", headers={"Host": host})[0] == want, host
@@ -332,7 +332,7 @@ def test_every_response_forbids_framing_and_cross_origin_reads(daemon):
 def test_session_cookie_is_signed_expiring_and_not_the_token(lite0_model, caplog):
     caplog.set_level(logging.INFO, logger="edge_saliency")
     with running(lite0_model, token=TOKEN, access_log="true", session_hours=1) as d:
-        assert wait_for(lambda: d.engine.latest, 60)
+        assert wait_for(lambda: d.loop.latest, 60)
         status, h, _ = request(d, "GET", f"/?token={TOKEN}")
         assert status == 303 and h["location"] == "/"
         attrs = [a.strip() for a in h["set-cookie"].split(";")]
@@ -357,7 +357,7 @@ def test_session_cookie_is_signed_expiring_and_not_the_token(lite0_model, caplog
 def test_failed_logins_are_logged_and_throttled_429(lite0_model, caplog):
     caplog.set_level(logging.INFO, logger="edge_saliency")
     with running(lite0_model, token=TOKEN) as d:
-        assert wait_for(lambda: d.engine.latest, 60)
+        assert wait_for(lambda: d.loop.latest, 60)
         for i in range(10):
             status, h, _ = request(d, "GET", "/api/latest", headers={"Authorization": f"Bearer wrong-guess-{i:04d}"})
             assert status == 401
@@ -412,7 +412,7 @@ def test_tls_serves_https_sets_secure_cookies_and_reloads_the_certificate(lite0_
     caplog.set_level(logging.INFO, logger="edge_saliency")
     cert1, key1 = make_cert(tmp_path, "first")
     with running(lite0_model, token=TOKEN, tls_cert=str(cert1), tls_key=str(key1)) as d:
-        assert wait_for(lambda: d.engine.latest, 60)
+        assert wait_for(lambda: d.loop.latest, 60)
         assert d.url.startswith("https://127.0.0.1:")
         status, _, body, der1 = tls_get(d, cert1)
         assert status == 200
@@ -449,7 +449,7 @@ def test_the_watchdog_stops_when_the_http_server_stops_answering(lite0_model, ca
         pings = notifier.messages.count("WATCHDOG=1")
         time.sleep(2.0)
         assert notifier.messages.count("WATCHDOG=1") == pings
-        assert d.engine.running and d.engine.health()[0]  # frames still flow: only HTTP is dead
+        assert d.loop.running and d.loop.health()[0]  # frames still flow: only HTTP is dead
         assert logged(caplog, "watchdog not fed: HTTP server not answering", logging.WARNING)
 
 
@@ -466,11 +466,11 @@ def test_a_configured_camera_missing_at_start_is_retried_never_replaced_by_the_d
         d = Daemon(load_config(None, cli=cli, env={}), model=lite0_model, notifier=RecordingNotifier(200_000))
         d.start()
         try:
-            assert d.engine.source.kind == "webcam"
+            assert d.loop.source.kind == "webcam"
             bad = wait_for(lambda: (lambda r: r if r[0] == 503 and "no frames from" in r[1]["reason"] else None)(
                 get_json(d, "/healthz")), 20)
             assert bad is not None and "reconnecting" in bad[1]["reason"], bad
-            assert wait_for(lambda: d.engine.capture.stats["faults"] >= 1, 10)
+            assert wait_for(lambda: d.loop.capture.stats["faults"] >= 1, 10)
             assert wait_for(lambda: d.watchdog_pings >= 2, 20)  # alive: systemd leaves it be
         finally:
             d.stop()
@@ -479,7 +479,7 @@ def test_a_configured_camera_missing_at_start_is_retried_never_replaced_by_the_d
 def test_explain_jobs_run_isolated_with_a_time_limit_and_keep_no_frames(lite0_model, caplog):
     caplog.set_level(logging.INFO, logger="edge_saliency")
     with running(lite0_model, explain_timeout=1, explain_budget=20000, explain_queue=2) as d:
-        assert wait_for(lambda: d.engine.latest, 60)
+        assert wait_for(lambda: d.loop.latest, 60)
         jobs = d.jobs
         assert wait_for(lambda: jobs.niced, 10)
         assert jobs.model is jobs.live_model  # no second session until a job needs one
@@ -508,7 +508,7 @@ def test_explain_jobs_run_isolated_with_a_time_limit_and_keep_no_frames(lite0_mo
 
 def test_frame_jpg_is_rendered_once_per_frame_and_view(lite0_model):
     with running(lite0_model, stream_fps=2) as d:
-        assert wait_for(lambda: d.engine.latest, 60)
+        assert wait_for(lambda: d.loop.latest, 60)
         n = 12
         t0 = time.monotonic()
         ids = [int(request(d, "GET", "/api/frame.jpg?view=heatmap")[1]["x-frame-id"]) for _ in range(n)]
@@ -528,7 +528,7 @@ def test_frame_jpg_is_rendered_once_per_frame_and_view(lite0_model):
 def test_the_viewer_cap_holds_under_concurrent_attaches(daemon):
     from edge_saliency.serve.streams import Streams
 
-    streams = Streams(daemon.engine, daemon.make_renderer, daemon.views, 80, 5.0, 3)
+    streams = Streams(daemon.loop, daemon.make_renderer, daemon.views, 80, 5.0, 3)
     barrier = threading.Barrier(24)
     got = []
 
@@ -551,7 +551,7 @@ def test_the_viewer_cap_holds_under_concurrent_attaches(daemon):
 
 
 def test_a_finite_source_that_cannot_be_reopened_backs_off_and_logs_once(caplog):
-    from edge_saliency.serve.loop import Engine
+    from edge_saliency.serve.camera_loop import CameraLoop
     from edge_saliency.pipeline.sources import SourceError
 
     class Gone:
@@ -565,9 +565,9 @@ def test_a_finite_source_that_cannot_be_reopened_backs_off_and_logs_once(caplog)
             raise SourceError("clip.mp4: file not found")
 
     caplog.set_level(logging.INFO, logger="edge_saliency")
-    eng = Engine(object(), Gone(), loop=True)
+    eng = CameraLoop(object(), Gone(), replay=True)
     t0 = time.monotonic()
-    assert [eng._restart_finite() for _ in range(3)] == [False] * 3
+    assert [eng._restart_finite() for _ in range(3)] == [None] * 3
     assert time.monotonic() - t0 >= 0.25 + 0.5 + 1.0 - 0.05  # backoff, not 10 tries a second
     assert len(logged(caplog, "cannot reopen to replay it")) == 1
 

@@ -11,320 +11,31 @@ or 10 s unless --max-frames/--duration say otherwise), records the overlay and a
 """
 from __future__ import annotations
 
-import logging
-import signal
-import threading
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-
-from edge_saliency.runtime import providers
-from edge_saliency.pipeline.capture import Capture
 from edge_saliency.errors import UserError
-from edge_saliency.pipeline.region import salient_region
-from edge_saliency.pipeline.render import COLORMAPS, VIEW_HELP, VIEWS, HudStats, Renderer
-from edge_saliency.pipeline.sinks import ContactSheet, JsonLog, Recorder, Window, WindowUnavailable, has_display  # noqa: F401
+from edge_saliency.pipeline.capture import Capture
+from edge_saliency.pipeline.frame_loop import FrameLoop, StopSignal
+from edge_saliency.pipeline.render import COLORMAPS, VIEWS, Renderer
+from edge_saliency.pipeline.sinks import ContactSheet, JsonLog, Overlay, Recorder
+from edge_saliency.pipeline.window import LiveWindow, Window, WindowUnavailable
+from edge_saliency.runtime import providers
 from edge_saliency.runtime.sysdeps import window_unavailable
-
-log = logging.getLogger("edge_saliency")
 
 AUTO_MAX_FRAMES = 300
 AUTO_DURATION = 10.0
-KEY_VIEWS = {ord(str(i + 1)): v for i, v in enumerate(VIEWS)}
-HELP_SECONDS = 6.0  # the window shows the key help this long after it opens (and again on '?')
 
 
-class FpsMeter:
-    """Frames per second over the last `window` seconds of display times, counted from the loop's
-    start: the first frame already has a measured rate (1 / its own time), never 0."""
-
-    def __init__(self, t_start: float, window: float = 1.0):
-        self.window = window
-        self.times: list[float] = [t_start]
-
-    def rate(self, now: float) -> float:
-        """The rate if a frame is shown at `now` (call before drawing the HUD of that frame)."""
-        times = [t for t in self.times if now - t <= self.window] or self.times[-1:]
-        return len(times) / max(now - times[0], 1e-6)  # frames after times[0], this one included
-
-    def tick(self, t: float) -> None:
-        self.times = [x for x in self.times if t - x <= self.window] + [t]
-
-
-@dataclass
-class Summary:
-    frames: int = 0
-    seconds: float = 0.0
-    ended: str = ""  # why the loop stopped
-    stage_seconds: dict = field(default_factory=dict)  # summed per stage
-    behind_at_pickup: list = field(default_factory=list)  # newest captured id - processed id, when taken
-    behind_at_display: list = field(default_factory=list)  # the same when the frame is shown
-    latency: list = field(default_factory=list)  # capture -> shown, seconds
-
-    @property
-    def fps(self) -> float:
-        return self.frames / self.seconds if self.seconds > 0 else 0.0
-
-    def mean_ms(self, stage: str) -> float:
-        return 1e3 * self.stage_seconds.get(stage, 0.0) / max(1, self.frames)
-
-    @property
-    def outside_inference(self) -> float:
-        """Share of the loop's wall time not spent in session.run."""
-        return 1.0 - self.stage_seconds.get("inference", 0.0) / self.seconds if self.seconds > 0 else 0.0
-
-    @property
-    def own_work(self) -> float:
-        """Share of the loop's wall time spent on its own work (not session.run, not waiting for frames)."""
-        if self.seconds <= 0:
-            return 0.0
-        return 1.0 - (self.stage_seconds.get("inference", 0.0) + self.stage_seconds.get("capture_wait", 0.0)) / self.seconds
-
-
-class _Stop:
-    """SIGINT/SIGTERM -> a flag the loop checks (a second signal interrupts at once)."""
-
-    def __init__(self):
-        self.flag = threading.Event()
-        self.reason = ""
-        self._old = {}
-
-    def install(self):
-        if threading.current_thread() is not threading.main_thread():
-            return self
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            self._old[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def _handle(self, signum, frame):
-        if self.flag.is_set():
-            raise KeyboardInterrupt
-        self.reason = signal.Signals(signum).name
-        self.flag.set()
-
-    def restore(self):
-        for sig, old in self._old.items():
-            signal.signal(sig, old)
-        self._old = {}
-
-
-class LiveLoop:
-    def __init__(self, model, capture: Capture, renderer: Renderer, window: Window | None = None,
-                 recorder: Recorder | None = None, json_log: JsonLog | None = None,
-                 contact: ContactSheet | None = None, max_frames: int | None = None,
-                 duration: float | None = None, topk: int = 3, class_index: int | None = None,
-                 stop: threading.Event | None = None, status_every: float | None = None, say=print):
-        self.model, self.capture, self.renderer = model, capture, renderer
-        self.window, self.recorder, self.json_log, self.contact = window, recorder, json_log, contact
-        self.max_frames, self.duration = max_frames, duration
-        self.topk, self.class_index = topk, class_index
-        self.stop = stop or threading.Event()
-        self.status_every = status_every
-        self.say = say
-        self.hud = HudStats(provider=getattr(model, "provider", ""))
-        self.snapshots: list[Path] = []
-        self.help_until = 0.0  # perf_counter time until which the window shows the key help
-        self.help_pinned = False  # '?' turned it on for good
-        self.region_map = region_map_for(getattr(model, "outputs", []))
-
-    # ------------------------------------------------------------------ keys
-    def handle_key(self, key: int, out: np.ndarray | None, frame_id: int) -> bool:
-        """Apply a window key; False means quit."""
-        if key < 0:
-            return True
-        key &= 0xFF
-        r = self.renderer
-        if key in (ord("q"), 27):
-            return False
-        if key in KEY_VIEWS:
-            if not r.set_view(KEY_VIEWS[key]):
-                self.say(f"this model cannot show the {KEY_VIEWS[key]} view; it can show {', '.join(r.views)}")
-            else:
-                self.say(f"view: {r.view} ({VIEW_HELP[r.view]})")
-        elif key in (ord("v"), 9):
-            r.next_view()
-            self.say(f"view: {r.view} ({VIEW_HELP[r.view]})")
-        elif key == ord("h"):
-            r.hud = not r.hud
-            self.say(f"HUD {'on' if r.hud else 'off'}")
-        elif key in (ord("+"), ord("=")):
-            self.say(f"alpha {r.nudge_alpha(+0.1):.2f}")
-        elif key in (ord("-"), ord("_")):
-            self.say(f"alpha {r.nudge_alpha(-0.1):.2f}")
-        elif key == ord("?"):
-            self.help_pinned = not (self.help_pinned or time.perf_counter() < self.help_until)
-            self.help_until = 0.0
-            self.say(f"key help {'on' if self.help_pinned else 'off'}")
-        elif key == ord("s") and out is not None:
-            import cv2
-
-            path = Path(f"snapshot-{time.strftime('%Y%m%d-%H%M%S')}-{frame_id}.png")
-            cv2.imwrite(str(path), out)
-            self.snapshots.append(path)
-            self.say(f"saved {path}")
-        return True
-
-    # ------------------------------------------------------------------ the loop
-    def run(self) -> Summary:
-        from edge_saliency.pipeline.render import draw_banner
-
-        cap, model, renderer = self.capture, self.model, self.renderer
-        summary = Summary(stage_seconds={k: 0.0 for k in ("capture_wait", "preprocess", "inference", "render", "sinks")})
-        last_id = 0
-        last_out: np.ndarray | None = None
-        wait = 0.0
-        ema = None
-        t_start = time.perf_counter()
-        t_prev = t_start
-        meter = FpsMeter(t_start)
-        if self.window is not None:
-            self.help_until = t_start + HELP_SECONDS
-        next_status = t_start + self.status_every if self.status_every else None
-        poll = 0.03 if self.window else 0.25
-        while True:
-            if self.stop.is_set():
-                summary.ended = "stopped"
-                break
-            now = time.perf_counter()
-            if self.duration is not None and now - t_start >= self.duration:
-                summary.ended = "duration"
-                break
-            if self.max_frames is not None and summary.frames >= self.max_frames:
-                summary.ended = "max-frames"
-                break
-            if self.window is not None and self.window.closed:
-                summary.ended = "window closed"
-                break
-            t0 = time.perf_counter()
-            frame = cap.get(last_id, timeout=poll)
-            t1 = time.perf_counter()
-            wait += t1 - t0
-            if frame is None:
-                if cap.finished(last_id):
-                    summary.ended = "end of source"
-                    break
-                if self.window is not None:
-                    shown = last_out
-                    if cap.no_signal:
-                        shown = (last_out.copy() if last_out is not None else np.zeros((480, 640, 3), np.uint8))
-                        draw_banner(shown, f"NO SIGNAL - reconnecting ({cap.signal_lost_for:.0f} s)")
-                    if shown is not None and not self.handle_key(self.window.show(self._with_help(shown)), last_out, last_id):
-                        summary.ended = "quit"
-                        break
-                continue
-            summary.behind_at_pickup.append(cap.latest_id - frame.id)
-            last_id = frame.id
-            result = model.predict(frame.image, class_index=self.class_index, topk=max(self.topk, 1))
-            t2 = time.perf_counter()
-            self.hud.capture_wait = wait if ema is None else 0.9 * self.hud.capture_wait + 0.1 * wait
-            self.hud.preprocess = _ema(self.hud.preprocess, result.timings["preprocess"], ema)
-            self.hud.inference = _ema(self.hud.inference, result.timings["inference"], ema)
-            self.hud.fps = meter.rate(t2)
-            out = renderer.render(frame.image, result, self.hud)
-            t3 = time.perf_counter()
-            key = -1
-            if self.recorder is not None:
-                self.recorder.write(out, frame.t_capture)
-            if self.contact is not None:
-                self.contact.offer(frame.id, out)
-            if self.window is not None:
-                key = self.window.show(self._with_help(out))
-            t4 = time.perf_counter()
-            meter.tick(t4)
-            summary.behind_at_display.append(cap.latest_id - frame.id)
-            summary.latency.append(t4 - frame.t_capture)
-            if self.json_log is not None:
-                self.json_log.write(self._record(frame, result, t4, summary.behind_at_display[-1]))
-            last_out = out
-            summary.frames += 1
-            st = summary.stage_seconds
-            st["capture_wait"] += wait
-            st["preprocess"] += result.timings["preprocess"]
-            st["inference"] += result.timings["inference"]
-            st["render"] += t3 - t2
-            st["sinks"] += t4 - t3
-            self.hud.render = _ema(self.hud.render, t3 - t2, ema)
-            t_prev = t4
-            ema = True
-            wait = 0.0
-            if not self.handle_key(key, out, frame.id):
-                summary.ended = "quit"
-                break
-            if next_status is not None and t4 >= next_status:
-                next_status = t4 + self.status_every
-                self.say(f"frame {frame.id}: {summary.frames / (t4 - t_start):.1f} FPS, {result.label} {result.score:.2f}")
-        summary.seconds = (t_prev if summary.frames else time.perf_counter()) - t_start
-        if summary.ended == "end of source" and self.window is not None and last_out is not None:
-            self._hold(last_out, last_id)
-        return summary
-
-    def _with_help(self, out: np.ndarray) -> np.ndarray:
-        """The window's copy of a frame: plus the key help while it is due (recordings and the
-        daemon's stream never get it), else a small '? keys' hint at the bottom left."""
-        full = self.help_pinned or time.perf_counter() < self.help_until
-        if not (full or self.renderer.hud):
-            return out
-        shown = out.copy()
-        self.renderer.draw_help(shown, full=full)
-        return shown
-
-    def _hold(self, last_out, last_id):
-        """A finished file in a window: keep the last frame up until the user quits."""
-        from edge_saliency.pipeline.render import draw_banner
-
-        held = last_out.copy()
-        draw_banner(held, "end of source - press q to quit")
-        while not self.stop.is_set() and not self.window.closed:
-            if (self.window.show(held, 30) & 0xFF) in (ord("q"), 27):
-                break
-
-    def _record(self, frame, result, t_display: float, behind: int) -> dict:
-        return result_record(frame, result, self.region_map, self.topk, t_done=t_display, behind=behind,
-                             view=self.renderer.view)
-
-
-def region_map_for(outputs) -> str:
-    """The map the salient region is taken from: fastcam when the model has both maps."""
-    outs = set(outputs)
-    return "fastcam" if {"smoe", "recipro_cam"} <= outs else ("smoe" if "smoe" in outs else "recipro")
-
-
-def result_record(frame, result, region_map: str, topk: int, t_done: float | None = None,
-                  behind: int | None = None, view: str | None = None) -> dict:
-    """One frame's result as JSON-ready data (the `run --log-json` line, the daemon's /api/latest).
-
-    t_done: time.perf_counter() when the result was shown/published (None: not yet)."""
-    h, w = frame.image.shape[:2]
-    saliency = result.map(region_map)
-    region = salient_region(saliency, (w, h)) if saliency is not None else None
-    rec = {"frame": frame.id, "t_capture": round(frame.wall_capture, 6)}
-    if t_done is not None:
-        rec["t_display"] = round(frame.wall_capture + (t_done - frame.t_capture), 6)
-        rec["latency_ms"] = round((t_done - frame.t_capture) * 1e3, 2)
-    if behind is not None:
-        rec["behind"] = behind
-    rec.update({
-        "class": result.class_index,
-        "label": result.label,
-        "score": round(result.score, 5),
-        "topk": [[label, round(score, 5)] for label, score in result.topk[:topk]],
-    })
-    if view is not None:
-        rec["view"] = view
-    rec.update({
-        "map": region_map,
-        "box": region["box"] if region else None,
-        "centroid": region["centroid"] if region else None,
-        "region_area": region["area"] if region else None,
-        "timings_ms": {k: round(v * 1e3, 2) for k, v in result.timings.items()},
-    })
-    return rec
-
-
-def _ema(old: float, new: float, started) -> float:
-    return new if not started else 0.9 * old + 0.1 * new
+def live_loop(model, capture: Capture, renderer: Renderer, window: Window | None = None,
+              recorder: Recorder | None = None, json_log: JsonLog | None = None,
+              contact: ContactSheet | None = None, say=print, **loop_args) -> tuple[FrameLoop, LiveWindow | None]:
+    """`run`'s frame loop: overlay -> recording -> contact sheet -> window -> JSON log.
+    loop_args: FrameLoop's (max_frames, duration, topk, class_index, stop, status_every)."""
+    loop = FrameLoop(model, capture, poll=0.03 if window is not None else 0.25, say=say, **loop_args)
+    shown = LiveWindow(window, renderer, say=say) if window is not None else None
+    loop.sinks = [s for s in (Overlay(renderer, loop.hud), recorder, contact, shown, json_log) if s is not None]
+    return loop, shown
 
 
 # ---------------------------------------------------------------------- CLI
@@ -445,7 +156,7 @@ def cmd_run(args) -> int:
 
     source = open_source(args.source, log_fn=say)
     window = None
-    stop = _Stop().install()
+    stop = StopSignal().install()
     capture = Capture(source, realtime=realtime, stale_after=args.stale_after)
     summary = None
     try:
@@ -463,10 +174,13 @@ def cmd_run(args) -> int:
                 say(f"{exc}: running headless (stop with Ctrl-C, or pass --headless --max-frames N)")
                 headless = True
         capture.start()
-        loop = LiveLoop(model, capture, renderer, window=window, recorder=recorder, json_log=json_log,
-                        contact=contact, max_frames=max_frames, duration=duration, topk=args.topk,
-                        class_index=class_index, stop=stop.flag, status_every=5.0 if headless else None, say=say)
+        loop, shown = live_loop(model, capture, renderer, window=window, recorder=recorder, json_log=json_log,
+                                contact=contact, max_frames=max_frames, duration=duration, topk=args.topk,
+                                class_index=class_index, stop=stop.flag, status_every=5.0 if headless else None,
+                                say=say)
         summary = loop.run()
+        if summary.ended == "end of source" and shown is not None:
+            shown.hold(stop.flag)
     finally:
         capture.stop()
         if window is not None:

@@ -1,6 +1,7 @@
-"""Where rendered frames go: an OpenCV window, an mp4 recording, a JSON-lines log, a contact sheet.
+"""Where processed frames go besides the window (pipeline/window.py): the overlay render, an mp4
+recording, a JSON-lines log, a contact sheet. Each is a frame_loop.Sink.
 
-Every sink is closed in the loop's `finally`, so Ctrl-C / SIGTERM leave a playable recording and
+Every sink is closed in `run`'s `finally`, so Ctrl-C / SIGTERM leave a playable recording and
 a complete log.
 """
 from __future__ import annotations
@@ -13,19 +14,23 @@ import cv2
 import numpy as np
 
 from edge_saliency.errors import UserError
+from edge_saliency.pipeline.frame_loop import Sink, Tick
 
 FOURCC = {".mp4": "mp4v", ".m4v": "mp4v", ".mov": "mp4v", ".avi": "MJPG", ".mkv": "mp4v"}
 
 
-def has_display() -> bool:
-    """Whether an OpenCV window can open (Qt aborts the process when it cannot, so ask first)."""
-    from edge_saliency.runtime.sysdeps import has_display as _has_display
+class Overlay(Sink):
+    """Renders each frame (renderer.render: the view, the map, the HUD) into `tick.image` for the
+    sinks after it."""
 
-    return _has_display()
+    stage = "render"
 
+    def __init__(self, renderer, hud):
+        self.renderer, self.hud = renderer, hud  # hud: the loop's smoothed HudStats
 
-class WindowUnavailable(UserError):
-    """A window was asked for and this OpenCV cannot open one."""
+    def on_frame(self, tick: Tick) -> None:
+        tick.image = self.renderer.render(tick.frame.image, tick.result, self.hud)
+        tick.view = self.renderer.view
 
 
 def _writable(path: str, what: str) -> Path:
@@ -39,7 +44,7 @@ def _writable(path: str, what: str) -> Path:
     return p
 
 
-class Recorder:
+class Recorder(Sink):
     """--record FILE: the rendered frames as a video (mp4v in .mp4/.mov/.m4v/.mkv, MJPG in .avi)."""
 
     def __init__(self, path: str, fps: float = 30.0):
@@ -54,6 +59,9 @@ class Recorder:
         self.frames = 0
         self.timed = False  # live sources: repeat frames so the file plays at the real pace
         self._t0: float | None = None
+
+    def on_frame(self, tick: Tick) -> None:
+        self.write(tick.image, tick.frame.t_capture)
 
     def write(self, img: np.ndarray, t_capture: float | None = None) -> None:
         """Append a frame; with `timed` and a capture time, as many times as keeps the file in real time."""
@@ -82,13 +90,16 @@ class Recorder:
             self.writer = None
 
 
-class JsonLog:
+class JsonLog(Sink):
     """--log-json FILE: one JSON object per processed frame."""
 
     def __init__(self, path: str):
         self.path = _writable(path, "--log-json")
         self.f = open(self.path, "w", encoding="utf-8", buffering=1)  # line-buffered: a crash loses nothing
         self.lines = 0
+
+    def on_frame(self, tick: Tick) -> None:
+        self.write(tick.record())
 
     def write(self, record: dict) -> None:
         self.f.write(json.dumps(record, separators=(",", ":")) + "\n")
@@ -99,7 +110,7 @@ class JsonLog:
             self.f.close()
 
 
-class ContactSheet:
+class ContactSheet(Sink):
     """A PNG grid of a few frames spread over the whole run (thumbnails kept at a doubling stride)."""
 
     def __init__(self, path: str, n: int = 6, cols: int = 3, thumb_width: int = 320):
@@ -108,6 +119,9 @@ class ContactSheet:
         self.stride = 1
         self.kept: list[tuple[int, np.ndarray]] = []
         self.count = 0
+
+    def on_frame(self, tick: Tick) -> None:
+        self.offer(tick.frame.id, tick.image)
 
     def offer(self, frame_id: int, img: np.ndarray) -> None:
         self.count += 1
@@ -140,52 +154,3 @@ class ContactSheet:
         if not cv2.imwrite(str(self.path), sheet):
             raise UserError(f"cannot write {self.path}")
         return self.path
-
-
-class Window:
-    """The OpenCV window; `show` returns the key pressed (-1 for none).
-
-    Resizable, without the Qt toolbar, and sized to the image (up to MAX_SIZE) whenever the image
-    size changes, e.g. to the side-by-side view (a WINDOW_NORMAL window otherwise opens at Qt's
-    default 400x300 and shows a 640x480 frame shrunk)."""
-
-    MAX_SIZE = (1600, 900)
-
-    def __init__(self, title: str = "edge-saliency"):
-        self.title = title
-        try:
-            cv2.namedWindow(title, cv2.WINDOW_NORMAL | cv2.WINDOW_KEEPRATIO | cv2.WINDOW_GUI_NORMAL)
-        except cv2.error as exc:  # e.g. the headless build: "The function is not implemented"
-            msg = " ".join(str(exc).split())
-            raise WindowUnavailable(f"no window: OpenCV cannot open one ({msg[-160:]})") from None
-        self.shown = False
-        self._size: tuple[int, int] | None = None
-
-    def show(self, img: np.ndarray, wait_ms: int = 1) -> int:
-        size = (img.shape[1], img.shape[0])
-        if size != self._size:
-            k = min(1.0, self.MAX_SIZE[0] / size[0], self.MAX_SIZE[1] / size[1])
-            try:
-                cv2.resizeWindow(self.title, int(size[0] * k), int(size[1] * k))
-            except cv2.error:
-                pass
-            self._size = size
-        cv2.imshow(self.title, img)
-        self.shown = True
-        return cv2.waitKey(wait_ms)
-
-    @property
-    def closed(self) -> bool:
-        if not self.shown:
-            return False
-        try:
-            return cv2.getWindowProperty(self.title, cv2.WND_PROP_VISIBLE) < 1
-        except cv2.error:
-            return True
-
-    def close(self) -> None:
-        try:
-            cv2.destroyWindow(self.title)
-            cv2.waitKey(1)
-        except cv2.error:
-            pass

@@ -8,7 +8,7 @@
     [cameras.yard]
     source = "/dev/video2"
 
-Each camera has its own latest-frame capture thread and inference thread (serve_engine.Engine)
+Each camera has its own latest-frame capture thread and inference thread (serve/camera_loop.CameraLoop)
 and its own MJPEG encoders (serve_streams.Streams); all of them share the one model session
 (ONNX Runtime's session.run is thread-safe; OpenVINO's single infer request is serialised here).
 A camera that fails (unplugged, a stream that ends, a source that will not open) is reported by
@@ -98,22 +98,22 @@ def camera_specs(cfg) -> list[CameraSpec]:
 
 
 class Camera:
-    """One source with its engine and streams."""
+    """One source with its frame loop and streams."""
 
-    def __init__(self, spec: CameraSpec, source, engine, streams):
+    def __init__(self, spec: CameraSpec, source, loop, streams):
         self.spec = spec
         self.name = spec.name
         self.view = spec.view
         self.source = source
-        self.engine = engine
+        self.loop = loop  # serve.camera_loop.CameraLoop
         self.streams = streams
 
     def status(self) -> dict:
-        ok, reason = self.engine.health()
-        snap = self.engine.latest
+        ok, reason = self.loop.health()
+        snap = self.loop.latest
         return {"name": self.name, "source": self.source.describe() if self.source is not None else None,
                 "view": self.view, "rate": self.spec.rate, "healthy": ok, "reason": reason,
-                "fps": round(self.engine.fps, 2), "frame": snap.frame.id if snap is not None else None,
+                "fps": round(self.loop.fps, 2), "frame": snap.frame.id if snap is not None else None,
                 "stream": f"/cameras/{self.name}/stream.mjpg", "latest": f"/api/cameras/{self.name}/latest"}
 
 

@@ -47,7 +47,7 @@ class RuntimeFailure(UserError):
 
 
 class Daemon:
-    """Model + source + engine + streams + jobs + HTTP server, wired from a Config."""
+    """Model + sources + camera loops + streams + jobs + HTTP server, wired from a Config."""
 
     def __init__(self, cfg: Config, model=None, source=None, notifier=None, sources: dict | None = None,
                  default_model=None):
@@ -59,7 +59,7 @@ class Daemon:
         from edge_saliency.serve.sdnotify import Notifier
         from edge_saliency.serve.cameras import Camera, SerialModel, camera_specs
         from edge_saliency.serve.http import DaemonHTTPServer
-        from edge_saliency.serve.loop import Engine
+        from edge_saliency.serve.camera_loop import CameraLoop
         from edge_saliency.serve.jobs import ExplainJobs
         from edge_saliency.serve.streams import Streams
 
@@ -109,20 +109,20 @@ class Daemon:
                     src = self._open_source(spec, several=len(specs) > 1)
                 opened.append(src)
                 cm = self.metrics.camera(spec.name)
-                engine = Engine(shared, src, realtime=spec.realtime, stale_after=spec.stale_after, topk=cfg.topk,
-                                class_index=class_index, health_stale=cfg.health_stale, loop=spec.loop, metrics=cm,
-                                name=spec.name, max_fps=spec.rate)
-                streams = Streams(engine, self.make_renderer, self.views, cfg.jpeg_quality, cfg.stream_fps,
+                loop = CameraLoop(shared, src, realtime=spec.realtime, stale_after=spec.stale_after, topk=cfg.topk,
+                                  class_index=class_index, health_stale=cfg.health_stale, replay=spec.loop, metrics=cm,
+                                  name=spec.name, max_fps=spec.rate)
+                streams = Streams(loop, self.make_renderer, self.views, cfg.jpeg_quality, cfg.stream_fps,
                                   cfg.max_viewers, cm)
-                self.cameras[spec.name] = Camera(spec, src, engine, streams)
+                self.cameras[spec.name] = Camera(spec, src, loop, streams)
         except BaseException:
             for src in opened:
                 src.release()
             raise
         self.default_camera = next(iter(self.cameras.values()))
-        self.engine = self.default_camera.engine  # the default camera: /stream.mjpg, /api/latest ...
+        self.loop = self.default_camera.loop  # the default camera: /stream.mjpg, /api/latest ...
         self.streams = self.default_camera.streams
-        self.metrics.watch_health(lambda: {n: c.engine.health() for n, c in self.cameras.items()})
+        self.metrics.watch_health(lambda: {n: c.loop.health() for n, c in self.cameras.items()})
         self.mqtt = None
         if cfg.mqtt is not None:
             from edge_saliency.serve.mqtt import MqttPublisher
@@ -134,7 +134,7 @@ class Daemon:
                     src.release()
                 raise
             for cam in self.cameras.values():
-                cam.engine.listeners.append(self.mqtt.offer)
+                cam.loop.listeners.append(self.mqtt.offer)
         self.frames = self.streams.frames  # the default camera's /api/frame.jpg, cached per frame and view
         # explain jobs: their own model session at a lower priority (explain_threads), made at the first job
         self.jobs = ExplainJobs(shared, queue_size=cfg.explain_queue, keep=cfg.jobs_kept, budget=cfg.explain_budget,
@@ -222,10 +222,10 @@ class Daemon:
         return self.default_camera if name is None else self.cameras.get(name)
 
     def health(self) -> tuple[bool, str]:
-        """Every camera fresh: (True, reason); with one camera exactly its engine's answer."""
+        """Every camera fresh: (True, reason); with one camera exactly its loop's answer."""
         if len(self.cameras) == 1:
-            return self.engine.health()
-        states = {n: c.engine.health() for n, c in self.cameras.items()}
+            return self.loop.health()
+        states = {n: c.loop.health() for n, c in self.cameras.items()}
         bad = {n: r for n, (ok, r) in states.items() if not ok}
         if not bad:
             return True, f"{len(states)} cameras fresh"
@@ -251,7 +251,7 @@ class Daemon:
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> "Daemon":
         for name, cam in self.cameras.items():
-            cam.engine.start(needs_open=name in self._unopened)
+            cam.loop.start(needs_open=name in self._unopened)
         if self.mqtt is not None:
             self.mqtt.start()
         self.jobs.start()
@@ -275,9 +275,9 @@ class Daemon:
         for cam in self.cameras.values():
             cam.streams.close()  # viewers get the closing boundary
         for cam in self.cameras.values():
-            cam.engine.stop_event.set()  # every camera finishes its frame in hand at once
+            cam.loop.stop_event.set()  # every camera finishes its frame in hand at once
         for cam in self.cameras.values():
-            cam.engine.stop()
+            cam.loop.stop()
         if self.mqtt is not None:
             self.mqtt.stop()
         self.jobs.stop()
@@ -309,8 +309,8 @@ class Daemon:
         return True
 
     def inference_loops(self) -> dict:
-        """name -> Engine: every inference loop the watchdog must see going round (one per camera)."""
-        return {name: cam.engine for name, cam in self.cameras.items()}
+        """name -> CameraLoop: every inference loop the watchdog must see going round (one per camera)."""
+        return {name: cam.loop for name, cam in self.cameras.items()}
 
     def alive(self, last_beats: dict) -> tuple[bool, str]:
         """(alive, why not): every camera's inference loop went round since `last_beats` ({name: beats})
@@ -352,7 +352,7 @@ class Daemon:
             now = time.monotonic()
             if now - last_status >= 10.0:
                 last_status = now
-                fps = ", ".join(f"{c.engine.fps:.1f}" for c in self.cameras.values())
+                fps = ", ".join(f"{c.loop.fps:.1f}" for c in self.cameras.values())
                 viewers = sum(c.streams.viewers for c in self.cameras.values())
                 self.notifier.status(f"{fps} FPS, {viewers} viewers" if ok else f"unhealthy: {reason}")
 
@@ -389,7 +389,7 @@ def cmd_serve(args) -> int:
 
 
 def _serve(args, hup: threading.Event) -> int:
-    from edge_saliency.pipeline.live import _Stop
+    from edge_saliency.pipeline.frame_loop import StopSignal
 
     cfg = load_config(Path(args.config) if args.config else None, cli=cli_values(args))
     level = getattr(logging, cfg.log_level.upper())
@@ -400,14 +400,14 @@ def _serve(args, hup: threading.Event) -> int:
         raise
     except UserError as exc:  # a model, view, class, camera or source that cannot work: a config problem
         raise ConfigError(str(exc)) from None
-    stop = _Stop().install()
+    stop = StopSignal().install()
     clean = False
     try:
         daemon.start()
         if daemon.token_generated:  # printed once, here only (not logged)
             print(f"edge-saliency: generated token for this run: {daemon.token}", flush=True)
         log.info("serving %s | %s | model: %s on %s | views: %s", daemon.url,
-                 "source: " + daemon.engine.source.describe() if len(daemon.cameras) == 1 else
+                 "source: " + daemon.loop.source.describe() if len(daemon.cameras) == 1 else
                  "cameras: " + ", ".join(f"{n} ({c.source.describe()})" for n, c in daemon.cameras.items()),
                  daemon.model.info.arch, daemon.model.provider, ", ".join(daemon.views))
         print(f"edge-saliency serving on {daemon.url}", flush=True)
@@ -417,7 +417,7 @@ def _serve(args, hup: threading.Event) -> int:
                 daemon.reload()
             # a failed inference loop (not a camera that is gone) is the watchdog's reason too: exit 1 at
             # once, systemd restarts us (Restart=always)
-            errors = {n: c.engine.error for n, c in daemon.cameras.items() if c.engine.error}
+            errors = {n: c.loop.error for n, c in daemon.cameras.items() if c.loop.error}
             if errors:
                 raise RuntimeFailure("inference loop failed: " + "; ".join(
                     e if len(daemon.cameras) == 1 else f"camera {n}: {e}" for n, e in errors.items()))
@@ -435,8 +435,8 @@ def _serve(args, hup: threading.Event) -> int:
 
 
 STOP_BUDGET_S = 8.0
-# the threads that may be inside session.run when the daemon stops (one engine per camera)
-INFERENCE_THREADS = ("engine", "explain-worker")
+# the threads that may be inside session.run when the daemon stops (one camera loop per camera)
+INFERENCE_THREADS = ("camera-loop", "explain-worker")
 
 
 def finish_inference(limit: float = 8.0, say=log.info, hard_exit: bool = True) -> bool:

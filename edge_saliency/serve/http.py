@@ -459,7 +459,7 @@ class Handler(BaseHTTPRequestHandler):
         self._params(query, {})
         app = self.app
         c = cam or app.default_camera
-        body = render_page(app.views, c.view, c.engine.source.describe(), camera=cam and cam.name,
+        body = render_page(app.views, c.view, c.loop.source.describe(), camera=cam and cam.name,
                            cameras=list(app.cameras))
         self._reply(200, body, "text/html; charset=utf-8", {"Content-Security-Policy":
                     "default-src 'self'; img-src 'self'; style-src 'unsafe-inline'; script-src 'unsafe-inline' 'self'; "
@@ -468,24 +468,24 @@ class Handler(BaseHTTPRequestHandler):
 
     def latest(self, query, cam=None):
         self._params(query, {})
-        engine = (cam or self.app.default_camera).engine
-        snap = engine.latest
+        loop = (cam or self.app.default_camera).loop
+        snap = loop.latest
         if snap is None:
             raise BadRequest(503, "no frame processed yet", {"Retry-After": "1"})
         rec = dict(snap.record)
-        rec["camera"] = engine.name
+        rec["camera"] = loop.name
         rec["age_ms"] = round((time.perf_counter() - snap.t_done) * 1e3, 1)
-        rec["fps"] = round(engine.fps, 2)
+        rec["fps"] = round(loop.fps, 2)
         self._json(200, rec)
 
     def history(self, query, cam=None):
         self._params(query, {})
-        self._json(200, (cam or self.app.default_camera).engine.history.snapshot())
+        self._json(200, (cam or self.app.default_camera).loop.history.snapshot())
 
     def frame_jpg(self, query, cam=None):
         p = self._params(query, {"view": self.app.views})
-        engine = (cam or self.app.default_camera).engine
-        snap = engine.latest
+        loop = (cam or self.app.default_camera).loop
+        snap = loop.latest
         if snap is None:
             raise BadRequest(503, "no frame processed yet", {"Retry-After": "1"})
         view = p.get("view", "raw")
@@ -493,13 +493,13 @@ class Handler(BaseHTTPRequestHandler):
         self._reply(200, jpeg, "image/jpeg", {"X-Frame-Id": str(frame_id)}, head=self.command == "HEAD")
 
     def map_png(self, query, cam=None):
-        engine = (cam or self.app.default_camera).engine
-        maps = [m for m in MAPS if engine.latest is None or engine.latest.result.map(m) is not None]
+        loop = (cam or self.app.default_camera).loop
+        maps = [m for m in MAPS if loop.latest is None or loop.latest.result.map(m) is not None]
         p = self._params(query, {"map": maps})
-        snap = engine.latest
+        snap = loop.latest
         if snap is None:
             raise BadRequest(503, "no frame processed yet", {"Retry-After": "1"})
-        name = p.get("map", engine.region_map)
+        name = p.get("map", loop.region_map)
         m = snap.result.map(name)
         if m is None:
             raise BadRequest(404, f"this model has no {name} map")
@@ -518,7 +518,7 @@ class Handler(BaseHTTPRequestHandler):
         self.app.metrics.healthy.set(1 if ok else 0)
         body = {"status": "ok" if ok else "unavailable", "reason": reason}
         if len(self.app.cameras) > 1:
-            body["cameras"] = {n: dict(zip(("ok", "reason"), c.engine.health())) for n, c in self.app.cameras.items()}
+            body["cameras"] = {n: dict(zip(("ok", "reason"), c.loop.health())) for n, c in self.app.cameras.items()}
         self._json(200 if ok else 503, body)
 
     def cameras(self, query):
@@ -632,7 +632,7 @@ class Handler(BaseHTTPRequestHandler):
                     raise BadRequest(400, f"no class named {cls[:60]!r}")
                 class_index = low.index(cls.lower())
         try:
-            job = app.jobs.submit(method, class_index, cam.engine.latest)
+            job = app.jobs.submit(method, class_index, cam.loop.latest)
         except JobRejected as exc:
             raise BadRequest(exc.status, str(exc), {"Retry-After": "2"} if exc.status in (429, 503) else None) from None
         self._json(202, {"job": job.id, "state": job.state, "url": f"/api/jobs/{job.id}"},

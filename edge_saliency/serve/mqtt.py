@@ -375,14 +375,14 @@ class MqttPublisher:
         if self.cfg["overlay"] == "map":
             from edge_saliency.pipeline.render import normalise_for_display
 
-            m = snap.result.map(cam.engine.region_map)
+            m = snap.result.map(cam.loop.region_map)
             img = normalise_for_display(m)
         else:
             view = self.cfg["overlay_view"] or cam.view
             r = self._renderers.get((camera, view))
             if r is None:
                 r = self._renderers[(camera, view)] = self.daemon.make_renderer(view)
-            img = r.render(snap.frame.image, snap.result, cam.engine.hud)
+            img = r.render(snap.frame.image, snap.result, cam.loop.hud)
         if self.cfg["overlay_format"] == "png":
             ok, buf = cv2.imencode(".png", img)
         else:

@@ -29,9 +29,9 @@ class Encoded:
 
 
 class ViewEncoder:
-    def __init__(self, view: str, engine, renderer: Renderer, quality: int = 80, max_fps: float = 15.0, metrics=None):
+    def __init__(self, view: str, loop, renderer: Renderer, quality: int = 80, max_fps: float = 15.0, metrics=None):
         self.view = view
-        self.engine = engine
+        self.loop = loop
         self.renderer = renderer
         self.quality = quality
         self.min_period = 1.0 / max_fps if max_fps > 0 else 0.0
@@ -83,7 +83,7 @@ class ViewEncoder:
     def encode(self, snap) -> bytes:
         """Render one snapshot in this view and JPEG-encode it."""
         t0 = time.perf_counter()
-        img = self.renderer.render(snap.frame.image, snap.result, self.engine.hud)
+        img = self.renderer.render(snap.frame.image, snap.result, self.loop.hud)
         t1 = time.perf_counter()
         ok, buf = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, self.quality])
         t2 = time.perf_counter()
@@ -102,14 +102,14 @@ class ViewEncoder:
                 if self.viewers == 0 and self._idle_since is not None and time.perf_counter() - self._idle_since > IDLE_STOP:
                     self._thread = None
                     return
-            snap = self.engine.wait_newer(last, timeout=0.25)
+            snap = self.loop.wait_newer(last, timeout=0.25)
             if snap is None:
                 continue
             wait = self.min_period - (time.perf_counter() - t_last)
             if wait > 0:
                 if self._closed.wait(wait):
                     break
-                snap = self.engine.latest or snap  # the newest one after the pause
+                snap = self.loop.latest or snap  # the newest one after the pause
             last = snap.seq
             t_last = time.perf_counter()
             try:
@@ -125,8 +125,8 @@ class ViewEncoder:
 class Streams:
     """The encoders, one per view, made on first use."""
 
-    def __init__(self, engine, make_renderer, views, quality: int, max_fps: float, max_viewers: int, metrics=None):
-        self.engine = engine
+    def __init__(self, loop, make_renderer, views, quality: int, max_fps: float, max_viewers: int, metrics=None):
+        self.loop = loop
         self.make_renderer = make_renderer  # view -> Renderer
         self.views = list(views)
         self.quality, self.max_fps, self.max_viewers = quality, max_fps, max_viewers
@@ -144,7 +144,7 @@ class Streams:
         with self._lock:
             enc = self._encoders.get(view)
             if enc is None:
-                enc = ViewEncoder(view, self.engine, self.make_renderer(view), self.quality, self.max_fps, self.metrics)
+                enc = ViewEncoder(view, self.loop, self.make_renderer(view), self.quality, self.max_fps, self.metrics)
                 self._encoders[view] = enc
             return enc
 
@@ -210,7 +210,7 @@ class FrameCache:
                 r = self._renderers.get(view)
                 if r is None:
                     r = self._renderers[view] = self.make_renderer(view)
-                img = r.render(snap.frame.image, snap.result, self.streams.engine.hud)
+                img = r.render(snap.frame.image, snap.result, self.streams.loop.hud)
             ok, buf = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, self.quality])
             if not ok:
                 raise RuntimeError("JPEG encoding failed")

@@ -1,9 +1,8 @@
-"""The daemon's inference loop: capture -> model -> salient region -> the newest `Snapshot`.
+"""One camera of the daemon: the shared FrameLoop (pipeline/frame_loop.py) in a thread, with a sink
+that publishes each frame as the newest `Snapshot`.
 
-One thread takes the newest frame from the latest-frame `Capture`, runs the model on it and
-publishes a `Snapshot` (frame, result, JSON record). Everything else (MJPEG encoders, the JSON
-API, explain jobs) reads snapshots and never holds up this loop: a consumer that is slow just
-sees fewer of them.
+Everything else (MJPEG encoders, the JSON API, explain jobs, MQTT) reads snapshots and never holds
+up this loop: a consumer that is slow just sees fewer of them.
 
 Health: fresh while a frame was processed within `health_stale` seconds and the capture reports
 a signal; otherwise the reason (starting, no signal and for how long, source ended, stalled).
@@ -20,11 +19,10 @@ import time
 from dataclasses import dataclass
 
 from edge_saliency.pipeline.capture import Capture, Frame
+from edge_saliency.pipeline.frame_loop import FrameLoop, Sink, Tick
 from edge_saliency.pipeline.history import History
-from edge_saliency.pipeline.live import FpsMeter, region_map_for, result_record
-from edge_saliency.runtime.model import Result
-from edge_saliency.pipeline.render import HudStats
 from edge_saliency.pipeline.sources import Source
+from edge_saliency.runtime.model import Result
 
 log = logging.getLogger("edge_saliency")
 
@@ -34,28 +32,57 @@ class Snapshot:
     seq: int  # 1, 2, 3... per processed frame
     frame: Frame
     result: Result
-    record: dict  # result_record(...) plus the engine's fields
+    record: dict  # the frame's record (records.result_record) plus seq, fps and source
     t_done: float  # time.perf_counter() when published
 
 
-class Engine:
+class _Publish(Sink):
+    """The camera loop's sink: the newest snapshot for readers, the history, metrics, listeners."""
+
+    def __init__(self, cam: "CameraLoop"):
+        self.cam = cam
+
+    def on_frame(self, tick: Tick) -> None:
+        cam = self.cam
+        t1 = time.perf_counter()
+        record = tick.record(t_done=t1)
+        t2 = time.perf_counter()
+        record["seq"] = tick.seq
+        record["fps"] = round(tick.fps, 2)
+        record["source"] = cam.source.describe()
+        snap = Snapshot(tick.seq, tick.frame, tick.result, record, t2)
+        cam.history.add(record.get("latency_ms"), tick.result.label, tick.result.score, t=record.get("t_display"))
+        with cam._cond:
+            cam._latest = snap
+            cam._cond.notify_all()
+        if cam.metrics is not None:
+            cam.metrics.observe_frame({"capture_wait": tick.wait, "preprocess": tick.result.timings["preprocess"],
+                                       "inference": tick.result.timings["inference"], "postprocess": t2 - t1},
+                                      latency=t2 - tick.frame.t_capture)
+        for fn in cam.listeners:
+            try:
+                fn(cam.name, snap)
+            except Exception as exc:  # a listener's bug must not stop inference
+                log.warning("%s: result listener failed: %s", cam.name, exc)
+
+
+class CameraLoop:
+    """A camera's frame loop in its own thread, its newest snapshot, and its health."""
+
     def __init__(self, model, source: Source, realtime: bool = True, stale_after: float | None = None,
-                 topk: int = 5, class_index: int | None = None, health_stale: float = 3.0, loop: bool = True,
+                 topk: int = 5, class_index: int | None = None, health_stale: float = 3.0, replay: bool = True,
                  metrics=None, capture_factory=Capture, name: str = "default", max_fps: float | None = None):
         self.model, self.source = model, source
         self.name = name  # the camera's name (metrics label, URLs, MQTT topics)
-        self.max_fps = max_fps  # most frames per second through the model (None: as fast as it goes)
         self.listeners: list = []  # fn(name, snapshot) after each frame; must not block (e.g. the MQTT queue)
         self.realtime, self.stale_after = realtime, stale_after
-        self.topk, self.class_index = topk, class_index
         self.health_stale = health_stale
-        self.loop = loop
+        self.replay = replay  # play a finite source again from the start when it ends
         self.metrics = metrics
         self.capture_factory = capture_factory
-        self.capture: Capture | None = None
-        self.region_map = region_map_for(getattr(model, "outputs", []))
-        self.hud = HudStats(provider=getattr(model, "provider", ""))
         self.stop_event = threading.Event()
+        self.frames = FrameLoop(model, None, sinks=[_Publish(self)], topk=topk, class_index=class_index,
+                                stop=self.stop_event, poll=0.1, max_fps=max_fps, on_source_end=self._source_ended)
         self.ended = ""  # why the loop stopped ("" while it runs)
         self.source_ended = False
         self.replays = 0
@@ -63,24 +90,29 @@ class Engine:
         self._cond = threading.Condition()
         self._latest: Snapshot | None = None
         self._thread: threading.Thread | None = None
-        self._fps = 0.0
         self.error: str | None = None
         self.history = History()  # per-second FPS, latency and class for GET /api/history
-        self.beats = 0  # loop iterations (the watchdog's proof of progress)
         self._reopen_delay = 0.0
 
+    # what the streams, the API and the watchdog read from the frame loop
+    capture = property(lambda self: self.frames.capture)
+    hud = property(lambda self: self.frames.hud)  # the smoothed timings drawn on streamed frames
+    beats = property(lambda self: self.frames.beats)  # loop iterations (the watchdog's proof of progress)
+    region_map = property(lambda self: self.frames.region_map)
+
     # ------------------------------------------------------------------ lifecycle
-    def start(self, needs_open: bool = False) -> "Engine":
+    def start(self, needs_open: bool = False) -> "CameraLoop":
         """needs_open: the source could not be opened yet; the capture keeps trying (one camera of several)."""
-        self.capture = self.capture_factory(self.source, realtime=self.realtime, stale_after=self.stale_after)
+        cap = self.capture_factory(self.source, realtime=self.realtime, stale_after=self.stale_after)
+        self.frames.capture = cap
         if self.metrics is not None:
-            self.metrics.watch_capture(self.capture)
+            self.metrics.watch_capture(cap)
         if needs_open:
-            self.capture.start(needs_open=True)
+            cap.start(needs_open=True)
         else:
-            self.capture.start()
+            cap.start()
         self.t_start = time.perf_counter()
-        self._thread = threading.Thread(target=self._run, name="engine", daemon=True)
+        self._thread = threading.Thread(target=self._run, name="camera-loop", daemon=True)
         self._thread.start()
         return self
 
@@ -119,7 +151,7 @@ class Engine:
         snap = self._latest
         if snap is None or time.perf_counter() - snap.t_done > self.health_stale:
             return 0.0
-        return self._fps
+        return self.frames.fps
 
     def health(self) -> tuple[bool, str]:
         """(fresh, reason): what /healthz answers and what the watchdog is fed by."""
@@ -134,7 +166,7 @@ class Engine:
         if cap is not None and cap.no_signal:
             return False, (f"no frames from {desc} for {cap.signal_lost_for:.1f} s; reconnecting "
                            f"({cap.stats['reconnects']} reconnects so far)")
-        if self.source_ended and not self.loop:
+        if self.source_ended and not self.replay:
             return False, f"{desc} ended (end of file; set loop = true to replay it)"
         if snap is None:
             return False, f"starting: no frame processed yet ({now - self.t_start:.1f} s)"
@@ -145,60 +177,8 @@ class Engine:
 
     # ------------------------------------------------------------------ the loop
     def _run(self) -> None:
-        last_id = 0
-        seq = 0
-        meter = FpsMeter(time.perf_counter())  # frames per second over the last second, from the first frame on
-        ema_started = False
         try:
-            while not self.stop_event.is_set():
-                self.beats += 1
-                cap = self.capture
-                t0 = time.perf_counter()
-                frame = cap.get(last_id, timeout=0.1)
-                wait = time.perf_counter() - t0
-                if frame is None:
-                    if cap.finished(last_id):
-                        if not self._restart_finite():
-                            self.source_ended = True
-                            self.stop_event.wait(0.1)
-                    continue
-                last_id = frame.id
-                t_frame = time.perf_counter()
-                result = self.model.predict(frame.image, class_index=self.class_index, topk=self.topk)
-                t1 = time.perf_counter()
-                record = result_record(frame, result, self.region_map, self.topk, t_done=t1,
-                                       behind=cap.latest_id - frame.id)
-                t2 = time.perf_counter()
-                seq += 1
-                self._fps = meter.rate(t2)
-                meter.tick(t2)
-                record["seq"] = seq
-                record["fps"] = round(self._fps, 2)
-                record["source"] = self.source.describe()
-                hud = self.hud
-                hud.fps = self._fps
-                hud.capture_wait = wait if not ema_started else 0.9 * hud.capture_wait + 0.1 * wait
-                hud.preprocess = result.timings["preprocess"] if not ema_started else 0.9 * hud.preprocess + 0.1 * result.timings["preprocess"]
-                hud.inference = result.timings["inference"] if not ema_started else 0.9 * hud.inference + 0.1 * result.timings["inference"]
-                ema_started = True
-                snap = Snapshot(seq, frame, result, record, t2)
-                self.history.add(record.get("latency_ms"), result.label, result.score, t=record.get("t_display"))
-                with self._cond:
-                    self._latest = snap
-                    self._cond.notify_all()
-                if self.metrics is not None:
-                    self.metrics.observe_frame({"capture_wait": wait, "preprocess": result.timings["preprocess"],
-                                                "inference": result.timings["inference"], "postprocess": t2 - t1},
-                                               latency=t2 - frame.t_capture)
-                for fn in self.listeners:
-                    try:
-                        fn(self.name, snap)
-                    except Exception as exc:  # a listener's bug must not stop inference
-                        log.warning("%s: result listener failed: %s", self.name, exc)
-                if self.max_fps:
-                    pause = 1.0 / self.max_fps - (time.perf_counter() - t_frame)
-                    if pause > 0:
-                        self.stop_event.wait(pause)
+            self.frames.run()
             self.ended = "stopped"
         except Exception as exc:  # logged, and /healthz + the watchdog report it; systemd restarts us
             self.error = f"{type(exc).__name__}: {exc}"
@@ -207,10 +187,18 @@ class Engine:
             with self._cond:
                 self._cond.notify_all()
 
-    def _restart_finite(self) -> bool:
-        """A finite source ended: replay it from the start (loop = true)."""
-        if not self.loop or self.stop_event.is_set():
-            return False
+    def _source_ended(self) -> Capture | bool:
+        """The frame loop's on_source_end: the capture replaying the file, or True (stay up, unhealthy)."""
+        cap = self._restart_finite()
+        if cap is None:
+            self.source_ended = True
+            return True
+        return cap
+
+    def _restart_finite(self) -> Capture | None:
+        """A finite source ended: replay it from the start (loop = true); None if not (now)."""
+        if not self.replay or self.stop_event.is_set():
+            return None
         old = self.capture
         src = self.source.clone()
         try:
@@ -220,16 +208,16 @@ class Engine:
                 log.warning("%s: cannot reopen to replay it (%s); retrying with backoff", self.source.describe(), exc)
             self._reopen_delay = min(max(self._reopen_delay * 2, 0.25), 5.0)
             self.stop_event.wait(self._reopen_delay)
-            return False
+            return None
         self._reopen_delay = 0.0
         old.stop(timeout=0.3)
         self.source = src
         self.replays += 1
         cap = self.capture_factory(src, realtime=self.realtime, stale_after=self.stale_after)
         cap.stats.update(old.stats)  # counters (and frame ids) go on across replays
-        self.capture = cap
+        self.frames.capture = cap
         if self.metrics is not None:
             self.metrics.watch_capture(cap)
         cap.start()
         log.info("%s ended; replaying it (%d)", self.source.describe(), self.replays)
-        return True
+        return cap
