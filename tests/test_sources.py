@@ -56,7 +56,7 @@ def test_video_file_reads_every_frame_then_ends(tmp_path):
     assert src.fps == pytest.approx(25)
     assert src.frame_count == 12
     got = []
-    with pytest.raises(EndOfStream):
+    with pytest.raises(EndOfStream):  # a bare sentinel, raised without a message: its type is the signal
         while True:
             got.append(src.read())
     assert len(got) == 12
@@ -153,7 +153,7 @@ def test_image_folder_in_name_order_skipping_unreadable(tmp_path, caplog):
     src = sources.open_source(str(tmp_path))
     assert src.frame_count == 4
     got = []
-    with pytest.raises(EndOfStream):
+    with pytest.raises(EndOfStream):  # a bare sentinel, raised without a message: its type is the signal
         while True:
             got.append(src.read())
     assert [int(round(g.mean())) for g in got] == [100, 50, 150]  # a.jpg, b.png, c.png
