@@ -7,12 +7,12 @@ import http.client
 import json
 import socket
 import threading
-import time
 from functools import partial
 
 import numpy as np
 
 from edge_saliency.pipeline.capture import Capture
+from waiting import PATIENCE_S, wait_for  # noqa: F401  (re-exported for the serve tests)
 from edge_saliency.serve.config import load_config
 from edge_saliency.pipeline.sources import SourceError, SyntheticSource
 
@@ -151,17 +151,6 @@ def raw(daemon, data: bytes, timeout=10) -> tuple[int, bytes]:
         return int(resp.split(b" ", 2)[1]), resp
     except (IndexError, ValueError):
         return 0, resp
-
-
-def wait_for(fn, timeout=30.0, every=0.1):
-    """Poll fn() until it returns something truthy (bounded); that value, or None."""
-    t_end = time.monotonic() + timeout
-    while time.monotonic() < t_end:
-        v = fn()
-        if v:
-            return v
-        time.sleep(every)
-    return None
 
 
 class MjpegReader:

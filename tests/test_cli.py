@@ -17,7 +17,7 @@ from edge_saliency import cli
     (["nope"], "argument COMMAND: invalid choice: 'nope'"),
 ])
 def test_argument_errors_are_one_line_and_exit_2(argv, message, capsys):
-    with pytest.raises(SystemExit) as exc:
+    with pytest.raises(SystemExit, match=r"^2$") as exc:  # SystemExit's text is its exit code
         cli.main(argv)
     assert exc.value.code == 2
     out = capsys.readouterr()

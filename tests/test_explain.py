@@ -85,7 +85,7 @@ def test_decam_budget_caps_the_generations():
     r = decam.explain(BoxClassifier(), toy_image(), settings=decam.DECAMSettings(grid=4, population=16, budget=100),
                       progress=False)
     assert r.queries == 1 + 16 * 6 and r.info["generations_run"] == 5
-    with pytest.raises(UserError):
+    with pytest.raises(UserError, match=r"^a query budget of 10 is below DE-CAM's minimum of 17 \(clean image \+ one population\)$"):
         decam.DECAMSettings(population=16, budget=10).check()
 
 
@@ -153,7 +153,8 @@ def test_maskopt_is_seeded_respects_the_budget_and_reports_each_fill_type():
     c = maskopt.explain(BoxClassifier(), toy_image(), settings=maskopt.MaskOptSettings(
         grid=4, steps=None, pairs=4, seed=6, budget=200), progress=False)
     assert not np.array_equal(a.saliency, c.saliency)
-    with pytest.raises(UserError):
+    with pytest.raises(UserError, match=r"^a query budget of 10 is below mask optimisation's minimum of 19 "
+                                        r"\(clean image \+ one step\)$"):  # (2 pairs + 1) x 2 with deletion
         maskopt.MaskOptSettings(pairs=4, budget=10).check()
 
 

@@ -2,9 +2,13 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import textwrap
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -214,17 +218,72 @@ def test_weights_that_do_not_fit(tmp_path):
     assert run.returncode == 2 and "cannot read weights" in run.stderr
 
 
-def test_unwritable_output(tmp_path):
-    ro = tmp_path / "ro"
-    ro.mkdir()
-    ro.chmod(0o500)
+NOBODY = 65534  # a throwaway uid (Debian's nobody): owns nothing here
+
+
+def as_unprivileged(argv, cwd):
+    """Run argv as an unprivileged uid, so that file permissions apply: as root (how this suite runs
+    here and in CI) through setpriv or runuser with uid/gid 65534 and no supplementary groups; as
+    any other user, directly. Skips, saying exactly what is missing, only where that user cannot
+    run this checkout's Python at all."""
+    root = str(Path(__file__).resolve().parents[1])
+    env = {**os.environ, "PYTHONPATH": root + os.pathsep + os.environ.get("PYTHONPATH", ""), "HOME": cwd,
+           "EDGE_SALIENCY_HOME": cwd}
+    if os.geteuid() != 0:
+        prefix = []
+    elif shutil.which("setpriv"):
+        prefix = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups"]
+    elif shutil.which("runuser"):
+        prefix = ["runuser", "-u", "nobody", "--"]
+    else:
+        pytest.skip("running as root without setpriv or runuser: cannot drop to an unprivileged uid")
+    probe = subprocess.run([*prefix, sys.executable, "-c", "import edge_saliency.cli, export.build"], cwd=cwd,
+                           env=env, capture_output=True, text=True, timeout=300)
+    if probe.returncode != 0:
+        last = (probe.stderr.strip().splitlines() or ["(no output)"])[-1]
+        pytest.skip(f"uid {NOBODY} cannot import this checkout with {sys.executable} (the venv or {root} is not "
+                    f"readable/traversable by it): {last}")
+    return subprocess.run([*prefix, sys.executable, "-m", "edge_saliency", *argv], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture
+def shared_tmp():
+    """A folder under /tmp that the unprivileged uid can traverse (pytest's tmp_path is root's, 0700)."""
+    d = tempfile.mkdtemp(prefix="edge-saliency-perm-", dir="/tmp")
+    os.chmod(d, 0o755)
     try:
-        run = cli("export", "--out", str(ro / "m.onnx"))
-        if run.returncode == 0:  # running as root: permissions do not apply
-            pytest.skip("directory permissions are not enforced for this user")
-        assert run.returncode == 2 and "cannot write" in run.stderr
+        yield Path(d)
     finally:
-        ro.chmod(0o700)
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def test_unwritable_output_directory_is_one_line_as_an_unprivileged_user(shared_tmp):
+    ro = shared_tmp / "ro"
+    ro.mkdir(mode=0o755)  # owned by the suite's user: others may enter it, not write
+    if os.geteuid() != 0:
+        ro.chmod(0o555)
+    run = as_unprivileged(["export", "--out", str(ro / "m.onnx")], cwd=str(shared_tmp))
+    lines = [line for line in run.stderr.splitlines() if line.strip()]
+    assert run.returncode == 2 and "Traceback" not in run.stderr, run.stderr
+    assert lines == [f"edge-saliency: error: cannot write {ro / 'm.onnx'}: permission denied"], run.stderr
+    assert list(ro.iterdir()) == []  # refused before any work: no half-written file
+
+
+def test_unwritable_existing_output_file_is_one_line_as_an_unprivileged_user(shared_tmp):
+    """The folder is the unprivileged user's, the file in it is not theirs and read-only."""
+    mine = shared_tmp / "mine"
+    mine.mkdir(mode=0o755)
+    out = mine / "m.onnx"
+    out.write_bytes(b"someone else's model")
+    out.chmod(0o444)
+    if os.geteuid() == 0:
+        os.chown(mine, NOBODY, NOBODY)
+    run = as_unprivileged(["export", "--out", str(out)], cwd=str(shared_tmp))
+    lines = [line for line in run.stderr.splitlines() if line.strip()]
+    assert run.returncode == 2 and "Traceback" not in run.stderr, run.stderr
+    assert lines == [f"edge-saliency: error: cannot write {out}: permission denied"], run.stderr
+    assert out.read_bytes() == b"someone else's model"
 
 
 @pytest.mark.parametrize("content, message", [

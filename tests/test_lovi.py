@@ -107,7 +107,7 @@ def test_legend_colours_are_the_single_scale_colours():
 
 
 def test_bad_shape_is_an_error():
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"^LOVI wants \[S, h, w\] scale maps, got shape \(4, 4\)$"):
         lovi.lovi_bgr(np.zeros((4, 4), np.float32))
 
 

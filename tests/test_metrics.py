@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -170,12 +171,15 @@ def test_read_boxes(tmp_path):
     p.write_text(json.dumps({"cat": [[1, 2, 3, 4]], "cup": [5, 6, 7, 8]}))
     assert metrics.read_boxes(p) == {"cat": [[1, 2, 3, 4]], "cup": [[5, 6, 7, 8]]}
     p.write_text("{not json")
-    with pytest.raises(UserError):
+    with pytest.raises(UserError, match=rf"^boxes file {re.escape(str(p))} is not valid JSON: "):
         metrics.read_boxes(p)
     p.write_text(json.dumps({"cat": [[1, 2, 3]]}))
-    with pytest.raises(UserError):
+    with pytest.raises(UserError, match=rf"^boxes file {re.escape(str(p))}: 'cat' must be a list of \[x0, y0, x1, y1\] boxes$"):
         metrics.read_boxes(p)
-    with pytest.raises(UserError):
+    p.write_text(json.dumps([[1, 2, 3, 4]]))
+    with pytest.raises(UserError, match=rf"^boxes file {re.escape(str(p))} must map image names to lists of "):
+        metrics.read_boxes(p)
+    with pytest.raises(UserError, match=rf"^boxes file not found: {re.escape(str(tmp_path / 'missing.json'))}$"):
         metrics.read_boxes(tmp_path / "missing.json")
 
 

@@ -1,21 +1,47 @@
 """`edge-saliency serve` as a process: config errors are one line naming the key (exit 78), and under a
 systemd-like NOTIFY_SOCKET it says READY=1, feeds WATCHDOG=1, says STOPPING=1 on SIGTERM and exits 0
-within 2 s."""
+before the unit's TimeoutStopSec; SIGHUP reloads without killing it."""
 from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from pathlib import Path
 
 import pytest
 
+from waiting import PATIENCE_S, wait_for
+
 ROOT = Path(__file__).resolve().parents[1]
+UNIT = (ROOT / "deploy" / "edge-saliency.service").read_text()
+
+
+def unit_seconds(key: str) -> float:
+    """A time setting of the systemd unit (TimeoutStopSec=10 -> 10.0): the bounds systemd enforces."""
+    return float(re.search(rf"^{key}=(\d+)$", UNIT, re.M).group(1))
+
+
+class Lines:
+    """Reads a pipe line by line in a thread, so a test can wait for a line without blocking."""
+
+    def __init__(self, pipe):
+        self.lines: list[str] = []
+        self._t = threading.Thread(target=lambda: [self.lines.append(ln) for ln in pipe], daemon=True)
+        self._t.start()
+
+    def count(self, words: str) -> int:
+        return sum(words in ln for ln in list(self.lines))
+
+    def text(self) -> str:
+        self._t.join(timeout=PATIENCE_S)
+        return "".join(self.lines)
 
 
 def env_for(extra=None):
@@ -28,7 +54,7 @@ def env_for(extra=None):
 
 def serve(args, tmp_path, extra_env=None):
     return subprocess.run([sys.executable, "-m", "edge_saliency", "serve", *args], cwd=tmp_path, env=env_for(extra_env),
-                          capture_output=True, text=True, timeout=60)
+                          capture_output=True, text=True, timeout=PATIENCE_S)  # a guard against a hang
 
 
 @pytest.mark.parametrize("toml,args,env,words", [
@@ -98,25 +124,33 @@ def test_sd_notify_ready_watchdog_stopping_and_sigterm_exit(lite0_onnx, tmp_path
         return False
 
     try:
-        assert receive_until("READY=1", 60), (messages, proc.poll())
+        # READY=1 must come before systemd gives up on the start (TimeoutStartSec=300: the first
+        # start may compile an engine); on a working machine it comes within seconds
+        assert receive_until("READY=1", unit_seconds("TimeoutStartSec")), (messages, proc.poll())
         line = proc.stdout.readline()
         url = line.strip().rsplit(" ", 1)[-1]
         assert url.startswith("http://127.0.0.1:"), line
-        assert receive_until("WATCHDOG=1", 30), messages
-        with urllib.request.urlopen(url + "/healthz", timeout=10) as r:
+        assert receive_until("WATCHDOG=1", PATIENCE_S), messages  # a guard: it is due every 0.2 s
+        with urllib.request.urlopen(url + "/healthz", timeout=PATIENCE_S) as r:
             assert r.status == 200 and json.loads(r.read())["status"] == "ok"
+        # SIGTERM must stop serve before systemd's TimeoutStopSec=10 runs out and it SIGKILLs the
+        # daemon (a recording or a job cut off, a core dump): that is the bound, not a speed figure
+        stop_s = unit_seconds("TimeoutStopSec")
         proc.send_signal(signal.SIGTERM)
         t0 = time.monotonic()
-        rc = proc.wait(timeout=10)
+        try:
+            rc = proc.wait(timeout=stop_s)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"serve still running {stop_s:g} s after SIGTERM: systemd would SIGKILL it (TimeoutStopSec)")
         elapsed = time.monotonic() - t0
-        assert receive_until("STOPPING=1", 2), messages
+        assert receive_until("STOPPING=1", 1), messages  # sent before it exited: already in the socket
     finally:
         if proc.poll() is None:
             proc.kill()
         sock.close()
     err = proc.stderr.read()
     assert rc == 0, err
-    assert elapsed < 2.0, f"took {elapsed:.2f} s to exit after SIGTERM"
+    assert elapsed < stop_s, f"took {elapsed:.2f} s to exit after SIGTERM"
     assert "stopped (SIGTERM)" in err and "Traceback" not in err
     assert messages.index("READY=1") < messages.index("WATCHDOG=1") < messages.index("STOPPING=1")
 
@@ -145,22 +179,25 @@ def test_sighup_reloads_and_the_daemon_keeps_serving(lite0_onnx, tmp_path):
                                      'threads = 1\n')
     proc = subprocess.Popen([sys.executable, "-m", "edge_saliency", "serve", "--config", "c.toml"], cwd=tmp_path,
                             env=env_for(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    stderr = Lines(proc.stderr)
+    reloaded = "SIGHUP: reloaded the allowed host names"
     try:
         line = proc.stdout.readline()
         url = line.strip().rsplit(" ", 1)[-1]
         assert url.startswith("http://127.0.0.1:"), (line, proc.poll())
-        for _ in range(2):
+        for n in (1, 2):
             proc.send_signal(signal.SIGHUP)
-            time.sleep(0.8)
+            # each reload is waited for (its log line), so the second signal is not merged into the first
+            assert wait_for(lambda: stderr.count(reloaded) >= n or proc.poll() is not None), stderr.lines
             assert proc.poll() is None, "SIGHUP killed the daemon"
-            with urllib.request.urlopen(url + "/api/latest", timeout=10) as r:
+            with urllib.request.urlopen(url + "/api/latest", timeout=PATIENCE_S) as r:
                 assert r.status in (200, 503)
         proc.send_signal(signal.SIGTERM)
-        rc = proc.wait(timeout=10)
+        rc = proc.wait(timeout=unit_seconds("TimeoutStopSec"))  # the bound systemd enforces on a stop
     finally:
         if proc.poll() is None:
             proc.kill()
-    err = proc.stderr.read()
+    err = stderr.text()
     assert rc == 0, err
     assert err.count("SIGHUP: reloaded the allowed host names") == 2 and "Traceback" not in err
 

@@ -85,9 +85,25 @@ document.getElementById('snapshot').addEventListener('click', (e) => {
 });
 show(view);
 function text(id, t) { document.getElementById(id).textContent = t; }
+// refused (401: the session cookie expired or the token changed; 429: locked out): say so and stop
+// polling, or the page's own failed requests would keep its address locked out while it said "healthy"
+const timers = [];
+let refused = false;
+function refusedWith(status) {
+  if (status !== 401 && status !== 429) return false;
+  refused = true;
+  for (const t of timers) clearInterval(t);
+  const el = document.getElementById('health');
+  el.textContent = status === 401 ? 'not signed in (the session expired?): open this page with ?token=… again'
+                                  : 'locked out after failed sign-ins: reload later';
+  el.className = 'bad';
+  return true;
+}
 async function poll() {
+  if (refused) return;
   try {
     const r = await fetch(LATEST, {cache: 'no-store'});
+    if (refusedWith(r.status)) return;
     if (r.ok) {
       const j = await r.json();
       text('fps', j.fps > 0 ? j.fps.toFixed(1) : '-');
@@ -107,12 +123,13 @@ async function poll() {
     }
     const h = await fetch('/healthz', {cache: 'no-store'});
     const hj = await h.json();
+    if (refused) return;
     const el = document.getElementById('health');
     el.textContent = h.ok ? 'healthy' : 'unhealthy: ' + hj.reason;
     el.className = h.ok ? 'ok' : 'bad';
   } catch (e) { text('health', 'server unreachable'); }
 }
-setInterval(poll, 700); poll();
+timers.push(setInterval(poll, 700)); poll();
 
 // ---- plots: plain canvas, redrawn from /api/history every second
 const charts = window.esCharts = {updates: 0, fps: {points: 0}, latency: {points: 0}, classes: {points: 0, labels: []}};
@@ -188,12 +205,14 @@ function draw(hist) {
   charts.updates++;
 }
 async function history() {
+  if (refused) return;
   try {
     const r = await fetch(HISTORY, {cache: 'no-store'});
+    if (refusedWith(r.status)) return;
     if (r.ok) draw(await r.json());
   } catch (e) { /* the header says when the server is unreachable */ }
 }
-setInterval(history, 1000); history();
+timers.push(setInterval(history, 1000)); history();
 window.addEventListener('resize', history);
 </script>
 </body></html>
