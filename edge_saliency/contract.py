@@ -27,6 +27,7 @@ DEFAULT_METHODS = _methods.DEFAULT
 METHOD_OUTPUTS = {m.name: m.outputs for m in _methods.TABLE}
 # the [N, 1, h, w] map a method is read from (smoe_scales is for LOVI)
 METHOD_MAP = {m.name: m.map_output for m in _methods.TABLE}
+PRECISIONS = ("fp32", "fp16", "int8")  # the files `export --precision` writes and `bench` compares
 OUTPUTS = (LOGITS, TARGET) + tuple(o for m in _methods.TABLE for o in m.outputs)
 
 PREFIX = "edge_saliency."

@@ -161,7 +161,7 @@ def test_plain_variant_drops_saliency_and_keeps_logits(lite0_onnx, tmp_path):
 
 
 def _args(**kw):
-    base = dict(provider=None, threads=None, precision=None, no_plain=False, engine="onnxruntime")
+    base = dict(provider=None, threads=None, precision=None, plain=True, engine="onnxruntime")
     base.update(kw)
     return argparse.Namespace(**base)
 
@@ -191,7 +191,7 @@ def test_plan_with_openvino_adds_its_variants(monkeypatch):
     assert [(v.name, v.engine) for v in variants] == [
         ("cpu/2t/fp32/saliency", "onnxruntime"), ("cpu/2t/fp32/plain", "onnxruntime"),
         ("openvino-cpu/2t/fp32/saliency", "openvino"), ("openvino-cpu/2t/fp32/plain", "openvino")]
-    only, _ = bench.plan(_args(engine="openvino", threads="1", precision="int8", no_plain=True),
+    only, _ = bench.plan(_args(engine="openvino", threads="1", precision="int8", plain=False),
                          ["CPUExecutionProvider"], can_make=True)
     assert [v.name for v in only] == ["openvino-cpu/1t/int8/saliency"]
 
@@ -241,8 +241,10 @@ def test_bench_user_errors(tmp_path, capsys):
 
     assert main(["bench", "--model", str(tmp_path / "nope.onnx")]) == 2
     assert "not found" in capsys.readouterr().err
-    assert main(["bench", "--model", str(tmp_path / "nope.onnx"), "--runs", "3"]) == 2
-    assert "--runs" in capsys.readouterr().err
+    with pytest.raises(SystemExit, match="^2$"):  # an argument error: argparse's one line, exit 2
+        main(["bench", "--model", str(tmp_path / "nope.onnx"), "--runs", "3"])
+    assert capsys.readouterr().err.strip() == ("edge-saliency bench: error: argument --runs: must be at least 10, "
+                                               "got '3' (--help lists the options)")
     assert main(["bench", "--json", str(tmp_path / "missing" / "o.json")]) == 2
     assert "does not exist" in capsys.readouterr().err
 

@@ -125,8 +125,8 @@ def test_sigterm_finalises_a_playable_recording(lite0_onnx, tmp_path):
 @pytest.mark.parametrize("args,words", [
     (["--model", "missing.onnx", "--source", "demo"], "model file not found"),
     (["--source", "nope.mp4"], "no such file"),
-    (["--view", "xray"], "unknown view"),
-    (["--alpha", "2"], "--alpha"),
+    (["--view", "xray"], "argument --view: must be one of: heatmap, recipro, fastcam, lovi, side, raw, got 'xray'"),
+    (["--alpha", "2"], "argument --alpha: must be at most 1.0, got '2'"),
     (["--record", "no/such/dir/out.mp4"], "does not exist"),
     (["--record", "out.gif"], "unknown video type"),
 ])

@@ -214,7 +214,7 @@ def test_bench_rows_for_gpu_providers_this_ort_lacks():
 
     from edge_saliency.bench import runner as bench
 
-    args = argparse.Namespace(provider="cpu,cuda,tensorrt", threads="2", precision="fp32", no_plain=True,
+    args = argparse.Namespace(provider="cpu,cuda,tensorrt", threads="2", precision="fp32", plain=False,
                               engine="onnxruntime")
     variants, _ = bench.plan(args, [CPU], can_make=True)
     assert [(v.name, v.status.split(":")[0]) for v in variants] == [

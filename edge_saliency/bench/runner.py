@@ -48,6 +48,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edge_saliency.contract import PRECISIONS
 from edge_saliency import contract
 from edge_saliency.runtime import device_info, engines, providers
 from edge_saliency.errors import UserError
@@ -55,7 +56,6 @@ from edge_saliency.errors import UserError
 GPU_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider")
 OPENVINO_CPU = "openvino-cpu"
 NO_SPINNING = {"session.intra_op.allow_spinning": "0"}
-PRECISIONS = ("fp32", "fp16", "int8")
 FRAME_SIZE = (480, 640)  # (h, w): a VGA camera frame
 
 
@@ -519,7 +519,7 @@ def plan(args, available: list[str], can_make: bool) -> tuple[list[Variant], lis
                 continue
             for t in threads:
                 variants.append(Variant(prov, t, prec, plain=False, engine=engine))
-                if not args.no_plain:
+                if args.plain:
                     if can_make:
                         variants.append(Variant(prov, t, prec, plain=True, engine=engine))
                     elif prec == "fp32" and (prov, t) == (provs[0], threads[0]):
@@ -559,22 +559,18 @@ def bench_frame(image: str | None, log) -> np.ndarray:
         return src.read()
 
 
-def cmd_bench(args) -> int:
+def run_bench(args, default_model) -> int:
+    """`edge-saliency bench` with its settings (settings.resolve("bench", ...): args.runs, args.precision ...).
+    default_model: log_fn -> the path of the model to use when args.model is None."""
     import onnxruntime as ort
 
     from edge_saliency.runtime.cache import cache_dir
 
-    if args.runs < 10:
-        raise UserError("--runs must be at least 10")
-    if args.warmup < 0:
-        raise UserError("--warmup must be non-negative")
-    if args.batch is not None and not 1 <= args.batch <= 1024:
-        raise UserError(f"--batch must be 1..1024, got {args.batch}")
     for out in (args.json, args.plot):
         if out and not Path(out).resolve().parent.is_dir():
             raise UserError(f"cannot write {out}: its directory does not exist")
     log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
-    src = Path(args.model) if args.model else args.default_model(log)
+    src = Path(args.model) if args.model else default_model(log)
     if not src.is_file():
         raise UserError(f"model file not found: {src}")
     try:
@@ -614,7 +610,7 @@ def cmd_bench(args) -> int:
             v.batch_size = args.batch
         measure_batches(variants, frame, args.batch, batch_runs, warmup=min(2, args.warmup) or 1)
     reference = None
-    if not args.no_accuracy:
+    if args.accuracy:
         try:
             images = accuracy_images()
         except UserError as exc:
@@ -660,26 +656,3 @@ def cmd_bench(args) -> int:
         plot(rows, variants, args.plot, f"{src.name} on {device.get('cpu')}, {args.runs} runs each")
         print(f"wrote {args.plot}")
     return 0 if any(v.inference for v in variants) else 1
-
-
-def add_parser(sub) -> None:
-    p = sub.add_parser("bench", help="latency, FPS, CPU and memory of the model with and without saliency maps",
-                       description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", help="fp32 edge-saliency ONNX file (default: the pretrained EfficientNet-Lite0)")
-    p.add_argument("--engine", help="onnxruntime,openvino (default: every engine installed here)")
-    p.add_argument("--provider", help="cpu,cuda,... for onnxruntime (default: every provider available here)")
-    p.add_argument("--threads", help="intra-op threads, comma-separated, e.g. 1,2,4 (default: all cores)")
-    p.add_argument("--precision", help="fp32,fp16,int8 (default: fp32 and int8, fp16 on GPU providers)")
-    p.add_argument("--runs", type=int, default=300, help="measured frames per variant (default: %(default)s)")
-    p.add_argument("--warmup", type=int, default=20, help="warm-up frames per variant (default: %(default)s)")
-    p.add_argument("--no-plain", action="store_true", help="skip the plain (no saliency) baseline")
-    p.add_argument("--batch", type=int, metavar="N", help="also measure throughput (images/s) with batches of N "
-                   "frames, MLPerf Offline-style, next to the single-stream latency")
-    p.add_argument("--no-accuracy", action="store_true", help="skip the top-1 agreement and map correlation with fp32")
-    p.add_argument("--cache", help="where variants are made (default: the edge-saliency cache dir)")
-    p.add_argument("--json", help="write every number (and the raw latencies) to this file")
-    p.add_argument("--plot", help="write a PNG of the latency distributions (needs matplotlib)")
-    p.add_argument("--progress", action="store_true", help="progress bar even when stderr is not a terminal")
-    p.add_argument("--image", help="benchmark on this image (default: scikit-image's cat photograph)")
-    providers.add_gpu_arguments(p)
-    p.set_defaults(func=cmd_bench)

@@ -26,8 +26,8 @@ class OneLineParser(argparse.ArgumentParser):
 
 # ---------------------------------------------------------------- main
 # the modules that add a command, and the command each adds
-COMMAND_MODULES = {"edge_saliency.pipeline.live": "run", "edge_saliency.serve.daemon": "serve",
-                   "edge_saliency.bench.runner": "bench", "edge_saliency.explain": "explain"}
+COMMAND_MODULES = {"edge_saliency.cli.run": "run", "edge_saliency.cli.serve": "serve",
+                   "edge_saliency.cli.bench": "bench", "edge_saliency.explain": "explain"}
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -2,7 +2,7 @@
 torch front end (export/), which hands the same spec to the same builder."""
 from __future__ import annotations
 
-from edge_saliency import methods
+from edge_saliency import contract, methods
 from edge_saliency.cli.args import _floats, _size, channel_values
 from edge_saliency.errors import UserError
 
@@ -37,7 +37,7 @@ def add_export_parser(sub) -> None:
     p.add_argument("--recipro-variant", default="onehot", help="onehot | gaussian3x3 spatial mask (default: %(default)s)")
     p.add_argument("--map-fraction", type=int, default=4, help="SMOE maps at input size / N (default: %(default)s)")
     p.add_argument("--class-input", action="store_true", help="add a class_index input to explain a chosen class")
-    p.add_argument("--precision", default="fp32", choices=("fp32", "fp16", "int8"),
+    p.add_argument("--precision", default="fp32", choices=contract.PRECISIONS,
                    help="write the model in this precision after the fp32 checks: fp16 for GPUs, int8 static "
                         "QDQ for CPUs; saliency heads stay float32 (default: %(default)s)")
     p.add_argument("--calibration", help="folder of images for int8 calibration (default: the scikit-image photographs)")

@@ -29,6 +29,7 @@ import onnx
 from onnx import TensorProto, helper
 
 import edge_saliency
+from edge_saliency.contract import PRECISIONS
 from edge_saliency import contract, methods
 from edge_saliency.errors import UserError
 from edge_saliency.graph import passes
@@ -42,7 +43,6 @@ MIN_OPSET = 13  # older models are converted to this first (axes as inputs, opti
 IMAGENET_MEAN = (123.675, 116.28, 103.53)
 IMAGENET_STD = (58.395, 57.12, 57.375)
 MODEL_INPUT = "edge_saliency/model_input"  # the original input's new name where it was called "image"
-PRECISIONS = ("fp32", "fp16", "int8")
 TOLERANCE = 1e-4  # maps vs the float64 reference, for a well-conditioned map
 FLOAT32_NOISE = 64 * float(np.finfo(np.float32).eps)  # relative rounding of the heads' float32 arithmetic
 ILL_CONDITIONED = 1e-2  # a bound above this is reported: the map is mostly float noise

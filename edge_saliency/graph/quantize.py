@@ -45,11 +45,11 @@ import cv2
 import numpy as np
 import onnx
 
+from edge_saliency.contract import PRECISIONS
 from edge_saliency import contract
 from edge_saliency.errors import UserError
 from edge_saliency.graph.model_file import write_atomic
 
-PRECISIONS = ("fp32", "fp16", "int8")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 # ops quantised on the classifier path (ReLU6 = Clip and residual Adds keep activations in int8
 # between convolutions; GlobalAveragePool feeds the classifier)

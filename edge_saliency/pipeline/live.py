@@ -17,7 +17,7 @@ from pathlib import Path
 from edge_saliency.errors import UserError
 from edge_saliency.pipeline.capture import Capture
 from edge_saliency.pipeline.frame_loop import FrameLoop, StopSignal
-from edge_saliency.pipeline.render import COLORMAPS, VIEWS, Renderer
+from edge_saliency.pipeline.render import Renderer
 from edge_saliency.pipeline.sinks import ContactSheet, JsonLog, Overlay, Recorder
 from edge_saliency.pipeline.window import LiveWindow, Window, WindowUnavailable
 from edge_saliency.runtime import providers
@@ -38,10 +38,6 @@ def live_loop(model, capture: Capture, renderer: Renderer, window: Window | None
     return loop, shown
 
 
-# ---------------------------------------------------------------------- CLI
-ENGINE_CHOICES = ("onnxruntime", "openvino", "auto")
-
-
 def engine_summary(model) -> str:
     """'ORT providers: cuda, cpu' or 'openvino, chosen by auto: openvino 3.10 ms, onnxruntime 4.20 ms'."""
     if model.engine_name == "onnxruntime" and model.engine_choice is None:
@@ -53,77 +49,18 @@ def engine_summary(model) -> str:
     return text
 
 
-def add_parser(sub) -> None:
-    p = sub.add_parser(
-        "run", help="live overlay: camera/video/demo -> saliency maps on screen, in a file, or in a log",
-        description="Show where the model looks, live: capture -> infer -> render -> window/recording/log. "
-                    "Keys in the window: 1-6 views (" + ", ".join(VIEWS) + "), v next view, h HUD, +/- alpha, "
-                    "s snapshot, ? key help, q/Esc quit.")
-    p.add_argument("--model", help="edge-saliency ONNX file (default: the pretrained EfficientNet-Lite0, exported on first use)")
-    p.add_argument("--source", default=None,
-                   help="camera index or /dev/videoN, video file, image file or folder, rtsp:// or http:// URL, "
-                        "GStreamer pipeline ending in appsink, 'demo' or 'synthetic' (default: camera 0 if it opens, else demo)")
-    p.add_argument("--view", default="fastcam", help=f"{' | '.join(VIEWS)} (default: %(default)s)")
-    p.add_argument("--alpha", type=float, default=0.5, help="map opacity over the frame, 0..1 (default: %(default)s)")
-    p.add_argument("--colormap", default="jet", help="OpenCV colour map for the map views (default: %(default)s)")
-    p.add_argument("--provider", default="auto", help="ONNX Runtime execution provider: auto, " + ", ".join(providers.ALIASES)
-                   + "; a comma list is a fallback order (default: auto = CUDA if present, else CPU; TensorRT only "
-                     "when asked for)")
-    p.add_argument("--threads", type=int, help="intra-op threads (default: the engine's choice)")
-    p.add_argument("--engine", default="onnxruntime", choices=ENGINE_CHOICES,
-                   help="onnxruntime | openvino (pip install 'edge-saliency[openvino]') | auto: the faster here, "
-                        "probed once per model and machine and cached (default: %(default)s)")
-    p.add_argument("--headless", action="store_true", help="no window (automatic when there is no display)")
-    p.add_argument("--record", metavar="FILE", help="write the overlay video (.mp4, .avi, .mov, .mkv)")
-    p.add_argument("--log-json", metavar="FILE", help="one JSON line per frame: id, timestamps, class, score, salient box and centroid")
-    p.add_argument("--contact-sheet", metavar="FILE", help="PNG grid of a few frames spread over the run")
-    p.add_argument("--max-frames", type=int, help="stop after N processed frames")
-    p.add_argument("--duration", type=float, help="stop after S seconds")
-    pace = p.add_mutually_exclusive_group()
-    pace.add_argument("--realtime", dest="realtime", action="store_true", default=None,
-                      help="play files and generated sources at their own FPS, dropping frames the loop cannot keep up with "
-                           "(default with a window)")
-    pace.add_argument("--fast", dest="realtime", action="store_false",
-                      help="process every frame of a file as fast as possible (default when headless)")
-    p.add_argument("--no-hud", action="store_true", help="no labels, FPS or timings drawn on the frames")
-    p.add_argument("--topk", type=int, default=3, help="labels shown in the HUD (default: %(default)s)")
-    p.add_argument("--class", dest="explain_class", help="explain this class (name or index) instead of the top-1 "
-                                                         "(model exported with --class-input)")
-    p.add_argument("--stale-after", type=float, help="seconds without a frame before 'no signal' (default: max(1, 3/FPS))")
-    providers.add_gpu_arguments(p)
-    p.set_defaults(func=cmd_run)
-
-
-def _check_args(args) -> None:
-    if args.view not in VIEWS:
-        raise UserError(f"unknown view {args.view!r}; choose from: {', '.join(VIEWS)}")
-    if not 0.0 <= args.alpha <= 1.0:
-        raise UserError(f"--alpha must be between 0 and 1, got {args.alpha}")
-    if args.colormap not in COLORMAPS:
-        raise UserError(f"unknown --colormap {args.colormap!r}; choose from: {', '.join(sorted(COLORMAPS))}")
-    if args.topk < 1:
-        raise UserError("--topk must be at least 1")
-    if args.max_frames is not None and args.max_frames < 1:
-        raise UserError("--max-frames must be at least 1")
-    if args.duration is not None and args.duration <= 0:
-        raise UserError("--duration must be positive")
-    if args.threads is not None and args.threads < 1:
-        raise UserError("--threads must be at least 1")
-    if args.stale_after is not None and args.stale_after <= 0:
-        raise UserError("--stale-after must be positive")
-
-
-def cmd_run(args) -> int:
+def run_live(cfg, default_model, say=None) -> int:
+    """`edge-saliency run` with its settings (settings.resolve("run", ...): cfg.view, cfg.record ...).
+    default_model: log_fn -> the path of the model to use when cfg.model is None."""
     from edge_saliency.runtime.model import SaliencyModel
     from edge_saliency.pipeline.sources import open_source
 
-    _check_args(args)
-    say = lambda m: print(m, flush=True)  # noqa: E731
-    no_window = None if args.headless else window_unavailable()
-    headless = args.headless or no_window is not None
-    auto = not args.headless and no_window is not None
-    max_frames, duration = args.max_frames, args.duration
-    record, contact_path = args.record, args.contact_sheet
+    say = say or (lambda m: print(m, flush=True))
+    no_window = None if cfg.headless else window_unavailable()
+    headless = cfg.headless or no_window is not None
+    auto = not cfg.headless and no_window is not None
+    max_frames, duration = cfg.max_frames, cfg.duration
+    record, contact_path = cfg.record, cfg.contact_sheet
     if auto:
         if max_frames is None and duration is None:
             max_frames, duration = AUTO_MAX_FRAMES, AUTO_DURATION
@@ -134,38 +71,38 @@ def cmd_run(args) -> int:
             contact_path = contact_path or str(out_dir / "contact_sheet.png")
         bounds = " or ".join(x for x in (f"{max_frames} frames" if max_frames else "", f"{duration:g} s" if duration else "") if x)
         say(f"{no_window}: running headless{' for ' + bounds if bounds else ''}, recording the overlay")
-    realtime = (not headless) if args.realtime is None else args.realtime
+    realtime = (not headless) if cfg.realtime is None else cfg.realtime
 
     # cheap checks of output paths before the (possibly slow) model and camera
     recorder = Recorder(record) if record else None
     contact = ContactSheet(contact_path) if contact_path else None
     json_log = None
 
-    model_path = args.model or str(args.default_model(log_fn=say))
-    model = SaliencyModel(model_path, provider=args.provider, threads=args.threads, engine=args.engine,
-                          gpu=providers.gpu_from_args(args))
-    class_index = model.class_index(args.explain_class) if args.explain_class else None
+    model_path = cfg.model or str(default_model(log_fn=say))
+    model = SaliencyModel(model_path, provider=cfg.provider, threads=cfg.threads, engine=cfg.engine,
+                          gpu=providers.gpu_from_args(cfg))
+    class_index = model.class_index(cfg["class"]) if cfg["class"] else None
     if class_index is not None and not model.has_class_input:
         raise UserError(f"{model_path} was exported without a class_index input; re-export with --class-input to use --class")
     try:
-        renderer = Renderer(view=args.view, alpha=args.alpha, colormap=args.colormap, hud=not args.no_hud,
-                            topk=args.topk, scale_names=model.info.scale_names, provider=model.provider,
+        renderer = Renderer(view=cfg.view, alpha=cfg.alpha, colormap=cfg.colormap, hud=cfg.hud,
+                            topk=cfg.topk, scale_names=model.info.scale_names, provider=model.provider,
                             outputs=model.outputs)
     except ValueError as exc:
         raise UserError(str(exc)) from None
 
-    source = open_source(args.source, log_fn=say)
+    source = open_source(cfg.source, log_fn=say)
     window = None
     stop = StopSignal().install()
-    capture = Capture(source, realtime=realtime, stale_after=args.stale_after)
+    capture = Capture(source, realtime=realtime, stale_after=cfg.stale_after)
     summary = None
     try:
         if recorder is not None:
             recorder.fps = source.fps or 30.0
             recorder.timed = source.live and not capture.handoff
-        json_log = JsonLog(args.log_json) if args.log_json else None
+        json_log = JsonLog(cfg.log_json) if cfg.log_json else None
         say(f"source: {source.describe()} | model: {model.info.arch} ({Path(model_path).name}) on {model.provider} "
-            f"({engine_summary(model)}) | view: {args.view}"
+            f"({engine_summary(model)}) | view: {cfg.view}"
             f"{' | headless' if headless else ''}{' | ' + ('realtime' if realtime else 'fast') if source.paced else ''}")
         if not headless:
             try:
@@ -175,7 +112,7 @@ def cmd_run(args) -> int:
                 headless = True
         capture.start()
         loop, shown = live_loop(model, capture, renderer, window=window, recorder=recorder, json_log=json_log,
-                                contact=contact, max_frames=max_frames, duration=duration, topk=args.topk,
+                                contact=contact, max_frames=max_frames, duration=duration, topk=cfg.topk,
                                 class_index=class_index, stop=stop.flag, status_every=5.0 if headless else None,
                                 say=say)
         summary = loop.run()

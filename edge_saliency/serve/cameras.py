@@ -27,7 +27,7 @@ import re
 import threading
 from dataclasses import dataclass
 
-from edge_saliency.serve.options import ConfigError, Option, check_table, in_range
+from edge_saliency.settings import ConfigError, Option, check_table, in_range
 
 NAME = re.compile(r"[A-Za-z0-9_-]{1,32}")
 DEFAULT = "default"

@@ -32,8 +32,8 @@ import time
 from pathlib import Path
 
 from edge_saliency.errors import UserError
-from edge_saliency.serve.config import Config, add_arguments, cli_values, load_config
-from edge_saliency.serve.options import ConfigError
+from edge_saliency.serve.config import Config
+from edge_saliency.settings import ConfigError
 
 log = logging.getLogger("edge_saliency")
 
@@ -357,20 +357,6 @@ class Daemon:
                 self.notifier.status(f"{fps} FPS, {viewers} viewers" if ok else f"unhealthy: {reason}")
 
 
-# ---------------------------------------------------------------------- CLI
-def add_parser(sub) -> None:
-    p = sub.add_parser(
-        "serve", help="long-running daemon: live saliency stream, results API, metrics, health (systemd-ready)",
-        description="Serve live saliency over HTTP: a web page, MJPEG streams per view, the newest result as JSON, "
-                    "explanations on request, Prometheus metrics and a health check. Every option can also be set "
-                    "in a TOML file (--config); flags override it. The bearer token comes from the config key "
-                    "'token' or $EDGE_SALIENCY_TOKEN.")
-    p.add_argument("--config", metavar="FILE", help="TOML file with any of the options below (keys: the flag names "
-                                                    "with _ for -)")
-    add_arguments(p)
-    p.set_defaults(func=cmd_serve)
-
-
 def _reload_on_sighup(event: threading.Event):
     """SIGHUP -> a flag the main loop acts on (never the default action, which kills the process)."""
     if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "SIGHUP"):
@@ -378,24 +364,25 @@ def _reload_on_sighup(event: threading.Event):
     return signal.signal(signal.SIGHUP, lambda signum, frame: event.set())
 
 
-def cmd_serve(args) -> int:
+def serve_forever(load, default_model=None, verbose: bool = False) -> int:
+    """`edge-saliency serve`: load() -> the Config; start the daemon, reload on SIGHUP, stop on
+    SIGINT/SIGTERM (exit 0), exit 1 when an inference loop or the HTTP server fails."""
     hup = threading.Event()
     old_hup = _reload_on_sighup(hup)  # before the slow start: a SIGHUP then must not kill us either
     try:
-        return _serve(args, hup)
+        return _serve(load(), hup, default_model, verbose)
     finally:
         if old_hup is not None:
             signal.signal(signal.SIGHUP, old_hup)
 
 
-def _serve(args, hup: threading.Event) -> int:
+def _serve(cfg: Config, hup: threading.Event, default_model, verbose: bool) -> int:
     from edge_saliency.pipeline.frame_loop import StopSignal
 
-    cfg = load_config(Path(args.config) if args.config else None, cli=cli_values(args))
     level = getattr(logging, cfg.log_level.upper())
-    logging.getLogger().setLevel(logging.DEBUG if getattr(args, "verbose", False) else level)
+    logging.getLogger().setLevel(logging.DEBUG if verbose else level)
     try:
-        daemon = Daemon(cfg, default_model=getattr(args, "default_model", None))
+        daemon = Daemon(cfg, default_model=default_model)
     except (ConfigError, RuntimeFailure):
         raise
     except UserError as exc:  # a model, view, class, camera or source that cannot work: a config problem

@@ -37,7 +37,7 @@ import threading
 import time
 from collections import deque
 
-from edge_saliency.serve.options import ConfigError, Option, check_table, in_range, one_of
+from edge_saliency.settings import ConfigError, Option, check_table, in_range, one_of
 
 log = logging.getLogger("edge_saliency")
 

@@ -552,7 +552,7 @@ class TlsContext:
 
 def load_tls(cert: str | None, key: str | None, env=None) -> TlsContext | None:
     """The TLS context of tls_cert/tls_key; unset, systemd credentials tls.crt + tls.key if given."""
-    from edge_saliency.serve.options import ConfigError
+    from edge_saliency.settings import ConfigError
 
     if not cert and not key:
         d = (os.environ if env is None else env).get("CREDENTIALS_DIRECTORY")
