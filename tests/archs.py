@@ -102,6 +102,21 @@ class TinyMobileNetV2(nn.Module):
         return self.classifier(torch.flatten(x, 1))
 
 
+class TinyConvHead(TinyMobileNetV2):
+    """MobileNetV3's head: GAP, a 1x1 conv with bias (64 -> 48), hardswish, flatten, linear."""
+
+    def __init__(self, num_classes=10):
+        super().__init__(num_classes)
+        self.conv_head = nn.Conv2d(64, 48, 1)
+        with torch.no_grad():  # a masked copy pools to 1/P of one position: without this the
+            self.conv_head.weight.mul_(16.0)  # bias dominates, every copy scores alike (ill-conditioned)
+        self.classifier = nn.Linear(48, num_classes)
+
+    def forward(self, x):
+        x = nn.functional.adaptive_avg_pool2d(self.features(x), 1)
+        return self.classifier(torch.flatten(nn.functional.hardswish(self.conv_head(x)), 1))
+
+
 class NotACNN(nn.Module):
     """An MLP over the flattened image: no 4-D feature maps."""
 

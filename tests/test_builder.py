@@ -26,6 +26,8 @@ TEST_ARCHS = {
                  "masked_batch"),
     "tiny_mobilenetv2": (lambda p: archs.plain_export(archs.confident(archs.randomise_bn(archs.TinyMobileNetV2())),
                                                       (64, 64), p), IMAGENET, "gap_linear"),
+    "tiny_conv_head": (lambda p: archs.plain_export(archs.confident(archs.randomise_bn(archs.TinyConvHead())),
+                                                    (64, 64), p), IMAGENET, "gap_head"),
     "helper_nhwc_flatten_matmul": (archs.helper_nhwc_flatten_matmul, IMAGENET, "masked_batch"),
     "helper_batch1_reshape_gemm_softmax": (archs.helper_batch1_reshape_gemm_softmax, IMAGENET, "masked_batch"),
     "helper_gap_gemm_opset11": (archs.helper_gap_gemm_opset11, IMAGENET, "gap_linear"),

@@ -13,6 +13,7 @@ position, min-max normalised, is the map [N, 1, h, w].
 from __future__ import annotations
 
 import numpy as np
+from onnx import helper
 
 SCORES = ("logit", "softmax")
 VARIANTS = ("onehot", "gaussian3x3")
@@ -28,15 +29,18 @@ def spatial_masks(h: int, w: int, variant: str) -> np.ndarray:
     return eye.reshape(h * w, 1, h, w).astype(np.float32)
 
 
-def clone_head(gw, head, batch_input: str, values: dict, skip=None) -> str:
+def clone_head(gw, head, batch_input: str, values: dict, skip=None, done: dict | None = None) -> str:
     """Copy the head's nodes so they read ``batch_input`` instead of ``head.clone_input``; returns
     the clone's logits (or, with ``skip``, the clone's name for that node's first input: the node
-    itself is not copied). A Reshape to a constant shape that fixes the batch at 1 gets 0 there
-    (copy the batch dimension), so the clone runs on any batch."""
-    rename = {head.clone_input: batch_input}
+    itself is not copied). ``done``: {node's output: the tensor that replaces it} for nodes already
+    computed another way (not copied). A Reshape to a constant shape that fixes the batch at 1 gets
+    0 there (copy the batch dimension), so the clone runs on any batch."""
+    rename = {head.clone_input: batch_input, **(done or {})}
     for node in head.nodes:
         if node is skip:
             return rename.get(node.input[0], node.input[0])
+        if done and all(o in done for o in node.output if o):
+            continue
         inputs = [rename.get(i, i) for i in node.input]
         if node.op_type == "Reshape" and node.input[1] not in rename:
             # the probe's output shape with the batch copied from the input: a dynamic-batch
@@ -55,14 +59,49 @@ def clone_head(gw, head, batch_input: str, values: dict, skip=None) -> str:
     return rename[head.logits]
 
 
-def _pooled(gw, fmap: str, c: int, h: int, w: int, variant: str) -> str:
-    """F [N, C, h, w] -> [N, P, C] pooled vectors of the masked copies."""
+def _pooled(gw, fmap: str, c: int, h: int, w: int, variant: str, scaled: bool = True) -> str:
+    """F [N, C, h, w] -> [N, P, C] pooled vectors of the masked copies (``scaled`` False: P times
+    them, the 1 / P left to the caller)."""
     if variant == "gaussian3x3":
         kernel = np.broadcast_to(GAUSS.reshape(1, 1, 3, 3), (c, 1, 3, 3)).copy()
         fmap = gw.op("Conv", [fmap, gw.const(kernel, "gauss3x3")], "recipro_blur", group=c, pads=[1, 1, 1, 1],
                      kernel_shape=[3, 3])
     flat = gw.op("Transpose", [gw.reshape(fmap, [0, c, h * w], "recipro_flat")], "recipro_pos", perm=[0, 2, 1])
+    if not scaled:
+        return flat
     return gw.op("Mul", [flat, gw.const(np.float32(1.0 / (h * w)), "inv_p")], "recipro_pooled")
+
+
+def _leading_conv1x1(ctx):
+    """(node, weight [K, C, 1, 1], bias) where the gap_head's pooled [N, C, 1, 1] tensor goes only
+    into a plain 1x1 Conv with constant weights (timm's MobileNetV3 conv_head, 960 -> 1280)."""
+    head = ctx.head
+    if head.kind != "gap_head" or not head.pooled_keepdims:
+        return None
+    users = [n for n in head.nodes if head.clone_input in n.input]
+    if len(users) != 1 or users[0].op_type != "Conv" or users[0].input[0] != head.clone_input:
+        return None
+    node = users[0]
+    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    static = ctx.analysis.static
+    weight = ctx.constant(node.input[1])
+    bias = node.input[2] if len(node.input) > 2 and node.input[2] else None
+    if (weight is None or weight.ndim != 4 or tuple(weight.shape[2:]) != (1, 1) or node.input[1] not in static
+            or (bias and bias not in static) or attrs.get("group", 1) != 1
+            or any(v != 1 for v in attrs.get("strides", [1, 1]) + attrs.get("dilations", [1, 1]))
+            or any(attrs.get("pads", [0, 0, 0, 0])) or attrs.get("auto_pad", b"NOTSET") not in (b"NOTSET", b"VALID")):
+        return None
+    return node, weight.shape, bias
+
+
+def _conv1x1_as_gemm(gw, f: str, c: int, h: int, w: int, variant: str, conv) -> dict:
+    """The pooled vectors [N * P, C] through the head's leading 1x1 Conv as one Gemm (the 1 / P of
+    the pooling as its alpha): one [N*P, C] x [C, K] product instead of N*P 1x1 convolutions."""
+    node, (k, c_in, _, _), bias = conv
+    flat = gw.reshape(_pooled(gw, f, c, h, w, variant, scaled=False), [-1, c], "recipro_rows")
+    weight = gw.reshape(node.input[1], [k, c_in], "recipro_conv_w")
+    y = gw.op("Gemm", [flat, weight] + ([bias] if bias else []), "recipro_conv_gemm", alpha=1.0 / (h * w), transB=1)
+    return {node.output[0]: gw.reshape(y, [-1, k, 1, 1], "recipro_conv_out")}
 
 
 def _target_scores(gw, all_scores: str, target: str, p: int, score: str) -> str:
@@ -82,7 +121,9 @@ def _min_max(gw, s: str, h: int, w: int, out: str) -> None:
     gw.op("Reshape", [norm, gw.ints([-1, 1, h, w], "map_shape")], outputs=[out])
 
 
-def _gap_linear_scores(gw, head, pooled: str, target: str, k: int, p: int, score: str) -> str:
+def _gap_linear_scores(gw, head, pooled: str, target: str, k: int, p: int, score: str, scale: float = 1.0) -> str:
+    """[N, P, C] (pooled vectors times 1 / ``scale``: the logit score applies it to the P scores,
+    not the P * C inputs) -> [N, P] scores."""
     bias = None
     if head.bias:
         full = gw.op("Expand", [head.bias, gw.ints([1, k], "bias_shape")], "bias_full")
@@ -93,8 +134,8 @@ def _gap_linear_scores(gw, head, pooled: str, target: str, k: int, p: int, score
         else:
             w_t = gw.op("Transpose", [gw.op("Gather", [head.weight, target], "recipro_wt", axis=1)], "recipro_wt", perm=[1, 0])
         s = gw.squeeze(gw.op("MatMul", [pooled, gw.unsqueeze(w_t, [2], "recipro_wcol")], "recipro_dot"), [2], "recipro_s")
-        if head.alpha != 1.0:
-            s = gw.op("Mul", [s, gw.const(np.float32(head.alpha), "alpha")], "recipro_alpha")
+        if head.alpha * scale != 1.0:
+            s = gw.op("Mul", [s, gw.const(np.float32(head.alpha * scale), "alpha")], "recipro_alpha")
         if bias:
             b_t = gw.op("Gather", [bias, target], "recipro_bt", axis=0)
             if head.beta != 1.0:
@@ -119,11 +160,17 @@ def build(ctx) -> dict:
     c, (h, w) = f.channels, f.size
     p = h * w
     k = ctx.num_classes
-    if head.kind == "gap_linear":
+    if head.kind == "gap_linear" and spec.recipro_score == "logit":
+        s = _gap_linear_scores(gw, head, _pooled(gw, f.tensor, c, h, w, spec.recipro_variant, scaled=False), ctx.target,
+                               k, p, "logit", scale=1.0 / p)
+    elif head.kind == "gap_linear":
         s = _gap_linear_scores(gw, head, _pooled(gw, f.tensor, c, h, w, spec.recipro_variant), ctx.target, k, p,
                                spec.recipro_score)
     else:
-        if head.kind == "gap_head":
+        done = None
+        if head.kind == "gap_head" and (conv := _leading_conv1x1(ctx)) is not None:
+            done, batch = _conv1x1_as_gemm(gw, f.tensor, c, h, w, spec.recipro_variant, conv), ""
+        elif head.kind == "gap_head":
             shape = [-1, c, 1, 1] if head.pooled_keepdims else [-1, c]
             batch = gw.reshape(_pooled(gw, f.tensor, c, h, w, spec.recipro_variant), shape, "recipro_batch")
         else:
@@ -133,12 +180,12 @@ def build(ctx) -> dict:
         last = _final_linear(ctx) if spec.recipro_score == "logit" else None
         if last is not None:  # only the target's row of the classifier: as on the GAP + linear path
             node, linear = last
-            feats = clone_head(gw, head, batch, ctx.values, skip=node)
+            feats = clone_head(gw, head, batch, ctx.values, skip=node, done=done)
             d = int(ctx.values[node.input[0]].shape[1])
             s = _gap_linear_scores(gw, linear, gw.reshape(feats, [-1, p, d], "recipro_feats"), ctx.target, k, p,
                                    "logit")
         else:
-            head_out = clone_head(gw, head, batch, ctx.values)
+            head_out = clone_head(gw, head, batch, ctx.values, done=done)
             all_scores = gw.reshape(head_out, [-1, p, k], "recipro_all")
             s = _target_scores(gw, all_scores, ctx.target, p, spec.recipro_score)
     _min_max(gw, s, h, w, "recipro_cam")

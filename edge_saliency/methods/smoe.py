@@ -59,9 +59,14 @@ def smallest_ratio(a, eps: float) -> float:
 # ------------------------------------------------------------------ ONNX head
 def smoe_scale(gw, a: str, channels: int, size: tuple[int, int], clamp: bool, eps: float,
                ratio_min: float = 1.0) -> str:
-    """[N, C, H, W] -> [N, 1, H, W] SMOE Scale statistic (ratio_min: see ``smallest_ratio``).
-    Channel means are MatMuls over [N, C, H*W] (measured against 1x1 Convs and ReduceMean in
-    benchmarks/results/saliency_overhead.md: the fastest of the three under ONNX Runtime)."""
+    """[N, C, H, W] -> [N, 1, H, W] SMOE Scale statistic (ratio_min: see ``smallest_ratio``)."""
+    return gw.reshape(smoe_scale_flat(gw, a, channels, clamp, eps, ratio_min), [0, 1, *size], "smoe")
+
+
+def smoe_scale_flat(gw, a: str, channels: int, clamp: bool, eps: float, ratio_min: float = 1.0) -> str:
+    """[N, C, H, W] -> [N, 1, H*W] SMOE Scale statistic. Channel means are MatMuls over
+    [N, C, H*W] (measured against 1x1 Convs and ReduceMean in benchmarks/results/saliency_overhead.md:
+    the fastest of the three under ONNX Runtime, and under OpenVINO than 1x1 Convs)."""
     if clamp:
         a = gw.op("Relu", [a], "smoe_clamp")
     x = gw.reshape(gw.op("Add", [a, gw.const(np.float32(eps), "smoe_eps")], "smoe_x"), [0, channels, -1], "smoe_flat")
@@ -79,24 +84,39 @@ def smoe_scale(gw, a: str, channels: int, size: tuple[int, int], clamp: bool, ep
     log_p = gw.op("Log", [p], "smoe_log")
     sum_w = np.full((1, c), -1.0 / (channels * math.log(2.0)), dtype=np.float32)
     neg_mean_log2 = gw.op("MatMul", [gw.const(sum_w, "smoe_logmean_w"), log_p], "smoe_neg_mean_log2")
-    s = gw.op("Mul", [m, neg_mean_log2], "smoe_flat_stat")
-    return gw.reshape(s, [0, 1, *size], "smoe")  # 0: the batch, copied
+    return gw.op("Mul", [m, neg_mean_log2], "smoe_flat_stat")
 
 
-def gaussian_cdf(gw, s: str) -> str:
-    """0.5 (1 + erf((s - mu) / (sigma sqrt 2))) over each map; s is first divided by its largest
-    magnitude (the result does not change, and (s - mu)^2 cannot overflow for huge activations)."""
-    peak = gw.op("Max", [gw.reduce("ReduceMax", gw.op("Abs", [s], "cdf_abs"), [2, 3], hint="cdf_peak"),
-                         gw.const(np.float32(1e-30), "peak_min")], "cdf_peak")
-    s = gw.op("Mul", [s, gw.op("Reciprocal", [peak], "cdf_inv_peak")], "cdf_scaled")
+def gaussian_cdf(gw, s: str, pixels: int | None = None) -> str:
+    """0.5 (1 + erf((s - mu) / (sigma sqrt 2))) over each map [N, 1, H, W] (``pixels``: H * W if known)."""
+    return half_plus_half(gw, gaussian_erf(gw, s, pixels))
+
+
+def half_plus_half(gw, e: str, out: str | None = None) -> str:
+    return gw.op("Add", [gw.op("Mul", [e, gw.const(np.float32(0.5), "half")], "cdf_half"),
+                         gw.const(np.float32(0.5), "half")], "cdf", outputs=[out] if out else None)
+
+
+def gaussian_erf(gw, s: str, pixels: int | None = None) -> str:
+    """erf((s - mu) / (sigma sqrt 2)) over each map [N, 1, H, W], in few kernels (each costs a few
+    microseconds whatever its size): s is first divided by its mean (the result does not change;
+    the statistic is >= 0, so then s <= H * W and (s - mu)^2 cannot overflow for huge activations;
+    a map of pure rounding noise around 0 may overflow there, and then comes out 0: a flat CDF of
+    0.5), and with ``pixels`` known, 1 / (sigma sqrt 2) is Pow(sum (s - mu)^2 * 2 / pixels, -1/2)."""
     mu = gw.reduce("ReduceMean", s, [2, 3], hint="cdf_mu")
-    d = gw.op("Sub", [s, mu], "cdf_d")
-    var = gw.reduce("ReduceMean", gw.op("Mul", [d, d], "cdf_d2"), [2, 3], hint="cdf_var")
-    sigma = gw.op("Max", [gw.op("Sqrt", [var], "cdf_sigma"), gw.const(np.float32(SIGMA_MIN), "sigma_min")], "cdf_sigma")
-    inv = gw.op("Reciprocal", [gw.op("Mul", [sigma, gw.const(np.float32(math.sqrt(2.0)), "sqrt2")], "cdf_s2")], "cdf_inv")
-    erf = gw.op("Erf", [gw.op("Mul", [d, inv], "cdf_z")], "cdf_erf")
-    return gw.op("Add", [gw.op("Mul", [erf, gw.const(np.float32(0.5), "half")], "cdf_half"),
-                         gw.const(np.float32(0.5), "half")], "cdf")
+    t = gw.op("Mul", [s, gw.op("Reciprocal", [gw.op("Max", [mu, gw.const(np.float32(1e-30), "mu_min")], "cdf_mu_safe")],
+                                "cdf_inv_mu")], "cdf_scaled")
+    d = gw.op("Sub", [t, gw.reduce("ReduceMean", t, [2, 3], hint="cdf_mu_t")], "cdf_d")
+    if pixels:
+        two_var = gw.op("Mul", [gw.reduce("ReduceSumSquare", d, [2, 3], hint="cdf_ss"),
+                                gw.const(np.float32(2.0 / pixels), "two_over_p")], "cdf_two_var")
+    else:
+        two_var = gw.op("Mul", [gw.reduce("ReduceMean", gw.op("Mul", [d, d], "cdf_d2"), [2, 3], hint="cdf_var"),
+                                gw.const(np.float32(2.0), "two")], "cdf_two_var")
+    floor = gw.const(np.float32(2.0 * SIGMA_MIN ** 2), "two_sigma_min2")
+    inv = gw.op("Pow", [gw.op("Max", [two_var, floor], "cdf_two_var_safe"), gw.const(np.float32(-0.5), "minus_half")],
+                "cdf_inv")
+    return gw.op("Erf", [gw.op("Mul", [d, inv], "cdf_z")], "cdf_erf")
 
 
 def _lgamma(gw, z: str) -> str:
@@ -160,13 +180,18 @@ def resize_bilinear(gw, m: str, src: tuple[int, int], size: tuple[int, int]) -> 
 def build(ctx) -> dict:
     """Writes smoe [N, 1, h, w] and smoe_scales [N, S, h, w]; returns the metadata entry."""
     gw, spec = ctx.gw, ctx.spec
-    cdf = gamma_cdf if spec.normaliser == "gamma" else gaussian_cdf
     eps = spec.smoe_eps
-    maps = [resize_bilinear(gw, cdf(gw, smoe_scale(gw, e.tensor, e.channels, e.size, not e.nonnegative, eps,
-                                                   smallest_ratio(ctx.values.get(e.tensor), eps))),
-                            e.size, ctx.map_size) for e in ctx.scale_ends]
-    stacked = gw.op("Concat", maps, outputs=["smoe_scales"], axis=1) if len(maps) > 1 else \
-        gw.op("Identity", maps, outputs=["smoe_scales"])
+    stats = [smoe_scale(gw, e.tensor, e.channels, e.size, not e.nonnegative, eps, smallest_ratio(ctx.values.get(e.tensor), eps))
+             for e in ctx.scale_ends]
+    gaussian = spec.normaliser == "gaussian"  # then 0.5 (1 + erf) comes once, after the resize (which is linear)
+    normed = [gaussian_erf(gw, st, e.size[0] * e.size[1]) if gaussian else gamma_cdf(gw, st)
+              for st, e in zip(stats, ctx.scale_ends)]
+    maps = [resize_bilinear(gw, m, e.size, ctx.map_size) for m, e in zip(normed, ctx.scale_ends)]
+    if gaussian:
+        half_plus_half(gw, gw.op("Concat", maps, "smoe_stacked", axis=1) if len(maps) > 1 else maps[0], "smoe_scales")
+    else:
+        gw.op("Concat" if len(maps) > 1 else "Identity", maps, outputs=["smoe_scales"], **({"axis": 1} if len(maps) > 1 else {}))
+    stacked = "smoe_scales"
     weights = ctx.smoe_weights
     w = (np.asarray(weights, dtype=np.float64) / sum(weights)).astype(np.float32).reshape(1, -1, 1, 1)
     gw.op("Conv", [stacked, gw.const(w, "smoe_weights")], outputs=["smoe"], kernel_shape=[1, 1])
