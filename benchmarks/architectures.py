@@ -10,7 +10,7 @@ present, finite, in [0, 1] and not constant; every map within the builder's boun
 reference (1e-4, widened only where the map's own conditioning says float32 cannot do better:
 random weights can leave activations far below SMOE's eps, which the table marks as
 ill-conditioned). Writes benchmarks/results/architectures.md and .json.
-tests/test_architectures.py runs a few of these families in CI.
+tests/integration/test_architectures.py runs a few of these families in CI.
 """
 from __future__ import annotations
 

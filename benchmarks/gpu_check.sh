@@ -33,7 +33,7 @@ say() { printf '%s  %s\n' "$(date -u +%H:%M:%S)" "$*"; }
 
 if ! command -v nvidia-smi >/dev/null || ! nvidia-smi -L >/dev/null 2>&1; then
     say "no NVIDIA GPU here (nvidia-smi -L fails): nothing to check. The gpu tests skip on such machines:"
-    say "  python -m pytest -m gpu tests/test_providers.py -rs"
+    say "  python -m pytest -m gpu tests/integration/test_providers.py -rs"
     exit 2
 fi
 nvidia-smi -L
@@ -76,7 +76,7 @@ export EDGE_SALIENCY_HOME=$OUT/home   # bench variants and the TensorRT cache, k
 
 # ---------------------------------------------------------------- tests
 say "gpu tests"
-(cd "$HERE" && EDGE_SALIENCY_TEST_MODEL=$MODEL $PY -m pytest -q -rs -p no:cacheprovider -m gpu tests/test_providers.py)
+(cd "$HERE" && EDGE_SALIENCY_TEST_MODEL=$MODEL $PY -m pytest -q -rs -p no:cacheprovider -m gpu tests/integration/test_providers.py)
 TESTS=$?
 
 # ---------------------------------------------------------------- bench

@@ -565,7 +565,7 @@ def write_md(meta: dict, runs: dict) -> None:
         "\n\nNotes. Before, the EMFILE row's 'n/a' is /metrics itself failing (the FPS is read from it): it "
         "answers 500, 'Too many open files' opening /proc/<pid>/stat, and new connections time out. After, "
         "the connection cap (64, and 64 under RLIMIT_NOFILE) keeps accept() from reaching EMFILE at all; the "
-        "back-off on EMFILE itself is checked by tests/test_serve_security.py. The idle-socket and EMFILE "
+        "back-off on EMFILE itself is checked by tests/integration/test_serve_security.py. The idle-socket and EMFILE "
         "rows' normal client comes from another loopback address (127.0.0.250) than the attackers. Explain "
         "jobs and frame.jpg pollers still cost some FPS after: on 2 shared cores the nice +10 worker and the "
         "benchmark's own polling clients still take CPU time from the live loop; what changed is that a job "

@@ -13,7 +13,7 @@
 #   4. OpenCV's GUI build (opencv-python) on this X-less root: one line, no traceback
 #   5. the serve smoke (deploy/smoke_serve.py): /healthz, /api/latest, one MJPEG frame, SIGTERM -> exit 0
 #   6. edge-saliency bench --runs 10 (no scikit-image, no onnx: the synthetic frame, no plain baseline)
-#   7. the device-side tests: pytest -m device tests/test_device_side.py
+#   7. the device-side tests: pytest -m device tests/e2e/test_device_side.py
 # The model is exported here on the host (torch) and copied in, as one copies it to a Pi.
 #
 # Times are under emulation (qemu-user, tens of times slower than a Pi): a functional check, not a
@@ -276,7 +276,7 @@ fi
 
 # ---------------------------------------------------------------- 7. device-side tests
 t0=$(date +%s)
-inside sh -c "cd /opt/src && EDGE_SALIENCY_TEST_MODEL=$M python -m pytest -q -p no:cacheprovider -m device tests/test_device_side.py" \
+inside sh -c "cd /opt/src && EDGE_SALIENCY_TEST_MODEL=$M python -m pytest -q -p no:cacheprovider -m device tests/e2e/test_device_side.py" \
     2>&1 | tail -15 | sed 's/^/    /'
 if [ "${PIPESTATUS[0]}" = 0 ]; then pass "pytest -m device ($(( $(date +%s) - t0 )) s)"; else fail "device-tests"; fi
 

@@ -1,4 +1,10 @@
-"""Shared fixtures: models are exported once per test session into a temp folder (never committed)."""
+"""Shared fixtures: models are exported once per test session into a temp folder (never committed).
+
+The tests mirror the package's levels: unit/ (one part, no model file), integration/ (parts
+together with a real exported model and engine, in one process), e2e/ (the command line and the
+daemon as processes, with a real browser, MQTT broker, X server). The helpers beside this file
+(archs, graph_util, serve_util, waiting, debian_tools) are importable from all three
+(pyproject.toml: pythonpath = ["tests"])."""
 from __future__ import annotations
 
 import os

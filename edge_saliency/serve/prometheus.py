@@ -13,7 +13,7 @@ Measured in the loop: inference, per-stage and capture-to-result latency histogr
 Read at scrape time: frames captured/dropped/skipped, camera faults and reconnects (from each
 capture's counters), each camera's health, process CPU (seconds and share of the machine's cores)
 and RSS (psutil), and each thermal zone's temperature where /sys/class/thermal exposes it.
-`promtool check metrics` finds nothing to complain about (tests/test_serve_metrics.py).
+`promtool check metrics` finds nothing to complain about (tests/integration/test_serve_metrics.py).
 """
 from __future__ import annotations
 

@@ -27,7 +27,7 @@ FAST = ["--method", "smoe,recipro,fastcam,decam", "--budget", "49", "--grid", "4
 
 
 def cli(*args, timeout=180):
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
     return subprocess.run([sys.executable, "-m", "edge_saliency", *args], capture_output=True, text=True,
                           timeout=timeout, env=env)
 
@@ -156,7 +156,7 @@ def test_ray_address_joins_a_running_cluster(photo_dir, tmp_path, lite0_onnx):
     fails after Ray's ~20 s of retries with `cannot start or join the Ray cluster at ...`; too slow
     to check here.)"""
     pytest.importorskip("ray", reason="Ray is an optional extra: pip install 'edge-saliency[ray]'")
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]),
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2]),
            "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(16)}
     head = subprocess.Popen([sys.executable, "-c", HEAD], env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                             stderr=subprocess.DEVNULL, text=True)
@@ -188,7 +188,7 @@ def test_interrupted_run_resumes_without_duplicates_or_gaps(photo_dir, tmp_path,
                     ["-q"] if quiet else [])
 
     args = command()
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
     proc = subprocess.Popen([sys.executable, "-m", "edge_saliency", *args], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:

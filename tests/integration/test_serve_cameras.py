@@ -245,7 +245,7 @@ def test_example_config_documents_every_camera_and_mqtt_key():
     from edge_saliency.serve.cameras import CAMERA_OPTIONS, parse_cameras_table
     from edge_saliency.serve.mqtt import MQTT_OPTIONS, parse_mqtt_table
 
-    text = (Path(__file__).resolve().parents[1] / "deploy" / "config.example.toml").read_text()
+    text = (Path(__file__).resolve().parents[2] / "deploy" / "config.example.toml").read_text()
     tail = text[text.index("# ---- several cameras"):]
     uncommented = "\n".join(re.sub(r"^# ?", "", ln) if re.match(r"^# ?(\[|[a-z_]+ = )", ln) else ln
                             for ln in tail.splitlines())

@@ -18,7 +18,7 @@ from edge_saliency.errors import UserError
 
 TRT, CUDA, CPU = providers.TENSORRT, providers.CUDA, providers.CPU
 ALL_GPU = [TRT, CUDA, CPU]
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture

@@ -59,7 +59,7 @@ def test_promtool_finds_nothing_to_complain_about(lite0_model, tmp_path):
 def test_the_old_names_are_gone_from_the_docs_and_the_page():
     from pathlib import Path
 
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     texts = [p.read_text() for p in [root / "README.md", *(root / "deploy").glob("*.md"),
                                      *(root / "edge_saliency").glob("serve*.py")]]
     for old in ("edge_saliency_process_cpu_percent", "edge_saliency_fps"):

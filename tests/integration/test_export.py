@@ -226,7 +226,7 @@ def as_unprivileged(argv, cwd):
     here and in CI) through setpriv or runuser with uid/gid 65534 and no supplementary groups; as
     any other user, directly. Skips, saying exactly what is missing, only where that user cannot
     run this checkout's Python at all."""
-    root = str(Path(__file__).resolve().parents[1])
+    root = str(Path(__file__).resolve().parents[2])
     env = {**os.environ, "PYTHONPATH": root + os.pathsep + os.environ.get("PYTHONPATH", ""), "HOME": cwd,
            "EDGE_SALIENCY_HOME": cwd}
     if os.geteuid() != 0:

@@ -25,7 +25,7 @@ import pytest
 
 from edge_saliency.pipeline.sources import DemoSource
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TOOLS = {"Xvfb": "xvfb", "xdotool": "xdotool", "xwd": "x11-apps"}
 VIEW_KEYS = ["1", "2", "3", "4", "5", "6"]
 VIEWS = ["heatmap", "recipro", "fastcam", "lovi", "side", "raw"]

@@ -19,7 +19,7 @@ import pytest
 
 from waiting import PATIENCE_S, wait_for
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 UNIT = (ROOT / "deploy" / "edge-saliency.service").read_text()
 
 

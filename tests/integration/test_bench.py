@@ -211,7 +211,7 @@ def test_plan_rejects_bad_flags():
         bench.plan(_args(threads="0"), ["CPUExecutionProvider"], True)
     with pytest.raises(UserError, match="unknown provider 'tpu'"):
         bench.plan(_args(provider="tpu"), ["CPUExecutionProvider"], True)
-    # a GPU provider this onnxruntime lacks is a row that says so (tests/test_providers.py), not the end of the run
+    # a GPU provider this onnxruntime lacks is a row that says so (tests/integration/test_providers.py), not the end of the run
     variants, _ = bench.plan(_args(provider="cuda", precision="fp32"), ["CPUExecutionProvider"], True)
     assert [v.status.split(":")[0] for v in variants] == ["unavailable"]
 

@@ -24,7 +24,7 @@ import pytest
 from edge_saliency.pipeline.sources import DemoSource, SourceError
 from serve_util import PATIENCE_S, get_json, metric_value, request, running, wait_for
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 CHROMIUM = next((p for p in ("/usr/bin/chromium", "/usr/bin/chromium-browser") if os.path.exists(p)), None)
 DRIVER = shutil.which("chromedriver") or next((p for p in ("/usr/bin/chromedriver",) if os.path.exists(p)), None)

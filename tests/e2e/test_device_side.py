@@ -19,7 +19,7 @@ import pytest
 
 from edge_saliency.runtime import sysdeps
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 RUNNER = ("import sys; from edge_saliency.cli import main; rc = main(sys.argv[1:]); "
           "print('TORCH_IMPORTED' if 'torch' in sys.modules else 'NO_TORCH'); sys.exit(rc)")
 LIBXCB = "libxcb.so.1: cannot open shared object file: No such file or directory"

@@ -21,7 +21,7 @@ from edge_saliency.pipeline.render import Renderer
 from edge_saliency.pipeline.sources import DemoSource, SyntheticSource, read_stamp
 from waiting import PATIENCE_S, wait_for
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 # runs the CLI, then reports whether torch got imported along the way
 RUNNER = ("import sys; from edge_saliency.cli import main; rc = main(sys.argv[1:]); "
           "print('TORCH_IMPORTED' if 'torch' in sys.modules else 'NO_TORCH'); sys.exit(rc)")

@@ -20,7 +20,7 @@ from edge_saliency.runtime.model import SaliencyModel
 # per test, not for the module: the tests of what happens WITHOUT OpenVINO run either way
 needs_openvino = pytest.mark.skipif("openvino" not in engines.available_engines(),
                                     reason="OpenVINO is not installed (pip install 'edge-saliency[openvino]')")
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 INSTALL_HINT = "the openvino engine is not installed: pip install 'edge-saliency[openvino]'"
 
 PHOTOS = ["chelsea", "coffee", "astronaut", "rocket"]
