@@ -5,9 +5,13 @@ from __future__ import annotations
 import contextlib
 import http.client
 import json
+import os
 import socket
+import subprocess
+import sys
 import threading
 from functools import partial
+from pathlib import Path
 
 import numpy as np
 
@@ -17,34 +21,40 @@ from edge_saliency.serve.config import load_config
 from edge_saliency.pipeline.sources import SourceError, SyntheticSource
 
 
-class Switchable(SyntheticSource):
-    """A synthetic camera whose device can be unplugged (`plug.clear()`) and plugged back in."""
+class Pluggable:
+    """Mixed in before a generated source: its device can be unplugged (`plug.clear()`: reads fail,
+    reopening raises) and plugged back in (`plug.set()`)."""
 
-    kind = "switchable"
-
-    def __init__(self, spec="switchable", fps=30.0, size=(320, 240), plug=None):
+    def __init__(self, spec, fps, size, plug=None):
         super().__init__(spec, fps, size)
         self.plug = plug if plug is not None else threading.Event()
         if plug is None:
             self.plug.set()
 
     def clone(self):
-        c = Switchable(self.spec, self.fps, self.size, self.plug)
-        c.index = self.index
+        c = super().clone()
+        c.plug = self.plug  # the clone is the same device
         return c
 
     def open(self):
         if not self.plug.is_set():
-            raise SourceError("switchable camera unplugged")
+            raise SourceError(f"{self.describe()} unplugged")
         super().open()
+
+    def read(self):
+        return super().read() if self.plug.is_set() else None
+
+
+class Switchable(Pluggable, SyntheticSource):
+    """A synthetic camera that can be unplugged and plugged back in."""
+
+    kind = "switchable"
+
+    def __init__(self, spec="switchable", fps=30.0, size=(320, 240), plug=None):
+        super().__init__(spec, fps, size, plug)
 
     def describe(self):
         return "switchable camera"
-
-    def read(self):
-        if not self.plug.is_set():
-            return None
-        return super().read()
 
 
 class RecordingNotifier:
@@ -225,3 +235,35 @@ def metric_value(text: str, name: str, labels: dict | None = None) -> float | No
             if s.name == name and (labels is None or all(s.labels.get(k) == v for k, v in labels.items())):
                 return s.value
     return None
+
+
+# ---------------------------------------------------------------- `edge-saliency serve` as a process
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def env_for(extra=None):
+    """The environment of a CLI subprocess: no display, no systemd, no token, this checkout importable."""
+    env = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "WAYLAND_DISPLAY", "NOTIFY_SOCKET",
+                                                              "WATCHDOG_USEC", "WATCHDOG_PID", "EDGE_SALIENCY_TOKEN")}
+    env.update({"OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)})
+    env.update(extra or {})
+    return env
+
+
+def serve(args, tmp_path, extra_env=None):
+    """`edge-saliency serve ARGS` in tmp_path, to the end (config errors, --help ...)."""
+    return subprocess.run([sys.executable, "-m", "edge_saliency", "serve", *args], cwd=tmp_path, env=env_for(extra_env),
+                          capture_output=True, text=True, timeout=PATIENCE_S)  # a guard against a hang
+
+
+def serve_config_error(tmp_path, toml: str, mode: int | None = None) -> str:
+    """`serve --config` on this TOML (file mode `mode`) must refuse to start: exit 78 (EX_CONFIG, so
+    systemd does not restart it, issue-16) and one line on stderr, no traceback. Returns the line."""
+    (tmp_path / "c.toml").write_text(toml)
+    if mode is not None:
+        (tmp_path / "c.toml").chmod(mode)
+    p = serve(["--config", "c.toml"], tmp_path)
+    assert p.returncode == 78, p.stderr
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in p.stderr, p.stderr
+    return lines[0]

@@ -16,8 +16,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from edge_saliency import settings
-from edge_saliency.settings import (EX_CONFIG, TOKEN_ENV, ConfigError, Option, coerce, in_range, one_of,  # noqa: F401
-                                    parse_listen, read_file)
+from edge_saliency.settings import TOKEN_ENV, ConfigError, Option, coerce, read_file
 
 Config = settings.Settings  # the daemon's merged settings (`cfg.listen`, `cfg["class"]`, `cfg.origin`)
 

@@ -29,7 +29,6 @@ import signal
 import ssl
 import threading
 import time
-from pathlib import Path
 
 from edge_saliency.errors import UserError
 from edge_saliency.serve.config import Config

@@ -12,27 +12,20 @@ from __future__ import annotations
 import logging
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import pytest
 
-from edge_saliency.pipeline.sources import DemoSource, SourceError
-from serve_util import PATIENCE_S, get_json, metric_value, request, running, wait_for
+from edge_saliency.pipeline.sources import DemoSource
+from browser import NEEDS_CHROMIUM, chromium
+from serve_util import PATIENCE_S, Pluggable, get_json, metric_value, request, running, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 
-CHROMIUM = next((p for p in ("/usr/bin/chromium", "/usr/bin/chromium-browser") if os.path.exists(p)), None)
-DRIVER = shutil.which("chromedriver") or next((p for p in ("/usr/bin/chromedriver",) if os.path.exists(p)), None)
-
-pytestmark = [
-    pytest.mark.skipif(CHROMIUM is None, reason="no chromium (apt-get install chromium chromium-driver)"),
-    pytest.mark.skipif(DRIVER is None, reason="no chromedriver (apt-get install chromium-driver)"),
-]
+pytestmark = NEEDS_CHROMIUM
 
 TOKEN = "browser-test-token-4711"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -81,53 +74,22 @@ FRAME_NO = "const m = /(\\d+)/.exec(document.getElementById('frame').textContent
 ON = "return document.querySelector('#views button.on').dataset.view"
 
 
-class PluggableDemo(DemoSource):
+class PluggableDemo(Pluggable, DemoSource):
     """The demo's moving photographs (the class changes every 2 s) from a camera that can be
     unplugged (`plug.clear()`) and plugged back in."""
 
     kind = "pluggable"
 
     def __init__(self, spec="demo", fps=30.0, size=(640, 480), plug=None):
-        super().__init__(spec, fps, size)
-        self.plug = plug if plug is not None else threading.Event()
-        if plug is None:
-            self.plug.set()
-
-    def clone(self):
-        c = PluggableDemo(self.spec, self.fps, self.size, self.plug)
-        c.index = self.index
-        return c
-
-    def open(self):
-        if not self.plug.is_set():
-            raise SourceError("pluggable demo camera unplugged")
-        super().open()
-
-    def read(self):
-        return super().read() if self.plug.is_set() else None
+        super().__init__(spec, fps, size, plug)
 
     def describe(self):
         return "pluggable demo camera"
 
 
-def make_browser(profile):
-    webdriver = pytest.importorskip("selenium.webdriver", reason="selenium not installed (pip install selenium)")
-    from selenium.webdriver.chrome.service import Service
-
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = CHROMIUM
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-dev-shm-usage",
-                 f"--user-data-dir={profile}", "--window-size=1200,900"):
-        opts.add_argument(flag)
-    drv = webdriver.Chrome(options=opts, service=Service(DRIVER))
-    drv.set_page_load_timeout(60)
-    return drv
-
-
 @pytest.fixture(scope="module")
 def browser(tmp_path_factory):
-    drv = make_browser(tmp_path_factory.mktemp("chromium-profile"))
+    drv = chromium(tmp_path_factory.mktemp("chromium-profile"))
     try:
         yield drv
     finally:

@@ -15,12 +15,9 @@ import threading
 import pytest
 
 from serve_util import running, wait_for
-from test_serve_browser import CHROMIUM, DRIVER
+from browser import NEEDS_CHROMIUM, chromium
 
-pytestmark = [
-    pytest.mark.skipif(CHROMIUM is None, reason="no chromium (apt-get install chromium chromium-driver)"),
-    pytest.mark.skipif(DRIVER is None, reason="no chromedriver (apt-get install chromium-driver)"),
-]
+pytestmark = NEEDS_CHROMIUM
 
 EVIL = """<!doctype html><html><body>
 <img id="frame" src="{target}/api/frame.jpg">
@@ -41,18 +38,8 @@ document.getElementById("form").submit();
 
 @pytest.fixture
 def browser(tmp_path):
-    webdriver = pytest.importorskip("selenium.webdriver", reason="selenium not installed (pip install selenium)")
-    from selenium.webdriver.chrome.service import Service
-
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = CHROMIUM
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-dev-shm-usage",
-                 f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1200,900",
-                 "--host-resolver-rules=MAP attacker.example 127.0.0.1, MAP evil.example 127.0.0.1"):
-        opts.add_argument(flag)
-    drv = webdriver.Chrome(options=opts, service=Service(DRIVER))
-    drv.set_page_load_timeout(30)
+    drv = chromium(tmp_path / "profile", page_load_timeout=30, extra_flags=(
+        "--host-resolver-rules=MAP attacker.example 127.0.0.1, MAP evil.example 127.0.0.1",))
     try:
         yield drv
     finally:

@@ -202,7 +202,7 @@ def test_each_camera_publishes_on_its_own_topic(lite0_model, broker):
 
 
 def test_last_will_offline_when_the_daemon_is_killed(lite0_onnx, broker, tmp_path):
-    from test_serve_process import env_for
+    from serve_util import env_for
 
     (tmp_path / "c.toml").write_text(f'model = "{lite0_onnx}"\nsource = "synthetic"\nlisten = "127.0.0.1:0"\n'
                                      'threads = 1\n\n[mqtt]\nhost = "127.0.0.1"\n'
@@ -275,14 +275,10 @@ def test_tls_with_username_and_password(lite0_model, tmp_path):
     ('mqtt = "b"\n', "'mqtt' must be a table ([mqtt])"),
 ])
 def test_mqtt_config_errors_are_one_line_naming_the_key(tmp_path, table, words):
-    from test_serve_process import serve
+    from serve_util import serve_config_error
 
-    (tmp_path / "c.toml").write_text('source = "synthetic"\n' + table)
-    p = serve(["--config", "c.toml"], tmp_path)
-    assert p.returncode == 78, p.stderr  # EX_CONFIG: a bad config is not restarted by systemd (issue-16)
-    lines = p.stderr.strip().splitlines()
-    assert len(lines) == 1 and "Traceback" not in p.stderr, p.stderr
-    assert words in lines[0], lines[0]
+    line = serve_config_error(tmp_path, 'source = "synthetic"\n' + table)
+    assert words in line, line
 
 
 def test_mqtt_password_from_the_environment_and_defaults(tmp_path):

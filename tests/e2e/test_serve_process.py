@@ -4,7 +4,6 @@ before the unit's TimeoutStopSec; SIGHUP reloads without killing it."""
 from __future__ import annotations
 
 import json
-import os
 import re
 import signal
 import socket
@@ -17,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from serve_util import env_for, serve, serve_config_error
 from waiting import PATIENCE_S, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -42,19 +42,6 @@ class Lines:
     def text(self) -> str:
         self._t.join(timeout=PATIENCE_S)
         return "".join(self.lines)
-
-
-def env_for(extra=None):
-    env = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "WAYLAND_DISPLAY", "NOTIFY_SOCKET",
-                                                              "WATCHDOG_USEC", "WATCHDOG_PID", "EDGE_SALIENCY_TOKEN")}
-    env.update({"OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)})
-    env.update(extra or {})
-    return env
-
-
-def serve(args, tmp_path, extra_env=None):
-    return subprocess.run([sys.executable, "-m", "edge_saliency", "serve", *args], cwd=tmp_path, env=env_for(extra_env),
-                          capture_output=True, text=True, timeout=PATIENCE_S)  # a guard against a hang
 
 
 @pytest.mark.parametrize("toml,args,env,words", [
@@ -207,14 +194,10 @@ def test_a_config_holding_the_token_must_not_be_world_readable(tmp_path, caplog)
 
     from edge_saliency.serve.config import load_config
 
-    path = tmp_path / "config.toml"
-    path.write_text('token = "a-secret-token-123"\nsource = "synthetic"\n')
-    path.chmod(0o644)
-    p = serve(["--config", "config.toml"], tmp_path)
-    lines = p.stderr.strip().splitlines()
-    assert p.returncode == 78 and len(lines) == 1, p.stderr
-    assert "holds the token and is readable by every user (mode 0644): chmod 600" in lines[0]
-    assert "a-secret-token-123" not in p.stderr
+    path = tmp_path / "c.toml"
+    line = serve_config_error(tmp_path, 'token = "a-secret-token-123"\nsource = "synthetic"\n', mode=0o644)
+    assert "holds the token and is readable by every user (mode 0644): chmod 600" in line
+    assert "a-secret-token-123" not in line
     path.chmod(0o640)
     caplog.set_level(logging.WARNING, logger="edge_saliency")
     assert load_config(path, env={}).token == "a-secret-token-123"
@@ -228,14 +211,11 @@ def test_a_config_holding_the_mqtt_password_must_not_be_world_readable_either(tm
     """issue-16's rule for the token applied to issue-15's other secret in the file."""
     from edge_saliency.serve.config import ConfigError, load_config
 
-    path = tmp_path / "config.toml"
-    path.write_text('source = "synthetic"\n[mqtt]\nhost = "b"\nusername = "cam"\npassword = "mqtt-secret-77"\n')
-    path.chmod(0o644)
-    p = serve(["--config", "config.toml"], tmp_path)
-    lines = p.stderr.strip().splitlines()
-    assert p.returncode == 78 and len(lines) == 1, p.stderr
-    assert "holds the MQTT password and is readable by every user (mode 0644): chmod 600" in lines[0]
-    assert "$EDGE_SALIENCY_MQTT_PASSWORD" in lines[0] and "mqtt-secret-77" not in p.stderr
+    path = tmp_path / "c.toml"
+    line = serve_config_error(tmp_path, 'source = "synthetic"\n[mqtt]\nhost = "b"\nusername = "cam"\n'
+                              'password = "mqtt-secret-77"\n', mode=0o644)
+    assert "holds the MQTT password and is readable by every user (mode 0644): chmod 600" in line
+    assert "$EDGE_SALIENCY_MQTT_PASSWORD" in line and "mqtt-secret-77" not in line
     path.chmod(0o600)
     assert load_config(path, env={}).mqtt["password"] == "mqtt-secret-77"
     path.write_text('source = "synthetic"\n[mqtt]\nhost = "b"\nusername = "cam"\n')  # no secret: any mode

@@ -217,18 +217,14 @@ def test_rate_caps_a_cameras_frames(lite0_model):
     ('[cameras]\ndoor = "synthetic"\n', "'door' must be a table [cameras.door]"),
 ])
 def test_camera_config_errors_are_one_line_naming_the_key(tmp_path, toml, words):
-    from test_serve_process import serve
+    from serve_util import serve_config_error
 
-    (tmp_path / "c.toml").write_text('model = "missing.onnx"\n' + toml)
-    p = serve(["--config", "c.toml"], tmp_path)
-    assert p.returncode == 78, p.stderr  # EX_CONFIG: a bad config is not restarted by systemd (issue-16)
-    lines = p.stderr.strip().splitlines()
-    assert len(lines) == 1 and "Traceback" not in p.stderr, p.stderr
-    assert words in lines[0], lines[0]
+    line = serve_config_error(tmp_path, 'model = "missing.onnx"\n' + toml)
+    assert words in line, line
 
 
 def test_a_camera_source_that_names_nothing_stops_the_start_naming_the_camera(tmp_path, lite0_onnx):
-    from test_serve_process import serve
+    from serve_util import serve
 
     (tmp_path / "c.toml").write_text(f'model = "{lite0_onnx}"\nlisten = "127.0.0.1:0"\n[cameras.a]\nsource = "synthetic"\n'
                                      '[cameras.b]\nsource = "/no/such/video.mp4"\n')
