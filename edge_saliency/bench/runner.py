@@ -591,7 +591,7 @@ def run_bench(args, default_model) -> int:
     import cv2
 
     frame = cv2.resize(bench_frame(args.image, log), (FRAME_SIZE[1], FRAME_SIZE[0]), interpolation=cv2.INTER_AREA)
-    gpu = providers.gpu_from_args(args)
+    gpu = providers.gpu_options(args)
     device = device_info.collect()
     log(f"device: {device_info.summary(device)}")
     for s in skipped:

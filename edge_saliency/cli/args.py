@@ -1,7 +1,19 @@
-"""Parsers of option values that more than one command takes (numbers, sizes, per-channel values)."""
+"""What more than one command's parser takes: the settings commands' parser (run, bench: the
+table's flags plus --config), parsers of numbers, sizes and per-channel values."""
 from __future__ import annotations
 
+from edge_saliency import settings
 from edge_saliency.errors import UserError
+
+
+def add_settings_command(sub, command: str, func, **parser_args):
+    """A command whose options are the settings table's for it (settings.py), plus --config FILE."""
+    p = sub.add_parser(command, **parser_args)
+    p.add_argument("--config", metavar="FILE", help="TOML file with any of the settings below (keys: the flag names "
+                                                    "with _ for -); flags override it")
+    settings.add_flags(p, command)
+    p.set_defaults(func=func)
+    return p
 
 
 def _floats(text: str, n: int | None = None, what: str = "value") -> list[float]:

@@ -2,17 +2,14 @@
 from __future__ import annotations
 
 from edge_saliency import settings
+from edge_saliency.cli.args import add_settings_command
 
 
 def add_parser(sub) -> None:
     from edge_saliency.bench import runner
 
-    p = sub.add_parser("bench", help="latency, FPS, CPU and memory of the model with and without saliency maps",
-                       description=runner.__doc__.split("\n\n")[0])
-    p.add_argument("--config", metavar="FILE", help="TOML file with any of the settings below (keys: the flag names "
-                                                    "with _ for -); flags override it")
-    settings.add_flags(p, "bench")
-    p.set_defaults(func=cmd_bench)
+    add_settings_command(sub, "bench", cmd_bench, description=runner.__doc__.split("\n\n")[0],
+                         help="latency, FPS, CPU and memory of the model with and without saliency maps")
 
 
 def cmd_bench(args) -> int:

@@ -2,20 +2,18 @@
 from __future__ import annotations
 
 from edge_saliency import settings
+from edge_saliency.cli.args import add_settings_command
 
 
 def add_parser(sub) -> None:
     from edge_saliency.pipeline.render import VIEWS
 
-    p = sub.add_parser(
-        "run", help="live overlay: camera/video/demo -> saliency maps on screen, in a file, or in a log",
+    add_settings_command(
+        sub, "run", cmd_run,
+        help="live overlay: camera/video/demo -> saliency maps on screen, in a file, or in a log",
         description="Show where the model looks, live: capture -> infer -> render -> window/recording/log. "
                     "Keys in the window: 1-6 views (" + ", ".join(VIEWS) + "), v next view, h HUD, +/- alpha, "
                     "s snapshot, ? key help, q/Esc quit.")
-    p.add_argument("--config", metavar="FILE", help="TOML file with any of the settings below (keys: the flag names "
-                                                    "with _ for -); flags override it")
-    settings.add_flags(p, "run")
-    p.set_defaults(func=cmd_run)
 
 
 def cmd_run(args) -> int:

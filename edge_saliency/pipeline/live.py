@@ -80,7 +80,7 @@ def run_live(cfg, default_model, say=None) -> int:
 
     model_path = cfg.model or str(default_model(log_fn=say))
     model = SaliencyModel(model_path, provider=cfg.provider, threads=cfg.threads, engine=cfg.engine,
-                          gpu=providers.gpu_from_args(cfg))
+                          gpu=providers.gpu_options(cfg))
     class_index = model.class_index(cfg["class"]) if cfg["class"] else None
     if class_index is not None and not model.has_class_input:
         raise UserError(f"{model_path} was exported without a class_index input; re-export with --class-input to use --class")

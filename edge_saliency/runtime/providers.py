@@ -245,24 +245,7 @@ class BuildNotice:
 
 
 # ---------------------------------------------------------------- command line (run, bench)
-def add_gpu_arguments(p) -> None:
-    g = p.add_argument_group("CUDA / TensorRT (onnxruntime-gpu)")
-    g.add_argument("--gpu-device", type=int, default=0, help="the GPU's index (default: %(default)s)")
-    g.add_argument("--trt-fp16", action="store_true", help="TensorRT: allow float16 kernels")
-    g.add_argument("--trt-workspace-mb", type=int, default=1024,
-                   help="TensorRT: the engine builder's workspace in MB (default: %(default)s)")
-    g.add_argument("--trt-cache", help="TensorRT: engine and timing cache folder (default: $CACHE_DIRECTORY/tensorrt "
-                                       "under systemd, else <cache dir>/tensorrt)")
-
-
-def gpu_from_args(args) -> GpuOptions:
-    from edge_saliency.errors import UserError
-
-    device = getattr(args, "gpu_device", 0)
-    workspace = getattr(args, "trt_workspace_mb", 1024)
-    if device < 0:
-        raise UserError("--gpu-device must be 0 or more")
-    if workspace < 16:
-        raise UserError("--trt-workspace-mb must be at least 16")
-    return GpuOptions(device_id=device, trt_fp16=getattr(args, "trt_fp16", False), trt_workspace_mb=workspace,
-                      trt_cache=getattr(args, "trt_cache", None))
+def gpu_options(cfg) -> GpuOptions:
+    """The GPU settings of run, serve or bench (settings.py checks their ranges)."""
+    return GpuOptions(device_id=cfg.gpu_device, trt_fp16=cfg.trt_fp16, trt_workspace_mb=cfg.trt_workspace_mb,
+                      trt_cache=cfg.trt_cache)

@@ -72,11 +72,10 @@ class Daemon:
             if not cfg.model and default_model is None:
                 raise UserError("no model configured (model = ... in the config, or --model)")
             path = cfg.model or str(default_model(log_fn=log.info))
-            from edge_saliency.runtime.providers import GpuOptions
+            from edge_saliency.runtime.providers import gpu_options
 
-            gpu = GpuOptions(device_id=cfg.gpu_device, trt_fp16=cfg.trt_fp16, trt_workspace_mb=cfg.trt_workspace_mb,
-                             trt_cache=cfg.trt_cache)
-            model = SaliencyModel(path, provider=cfg.provider, threads=cfg.threads, engine=cfg.engine, gpu=gpu)
+            model = SaliencyModel(path, provider=cfg.provider, threads=cfg.threads, engine=cfg.engine,
+                                  gpu=gpu_options(cfg))
         self.model = model
         class_index = model.class_index(cfg["class"]) if cfg["class"] is not None else None
         if class_index is not None and not model.has_class_input:
