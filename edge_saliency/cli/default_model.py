@@ -11,12 +11,10 @@ def _built_by(path: Path) -> str | None:
     """The edge-saliency version that wrote ``path`` (from its metadata), or None."""
     import json
 
-    import onnxruntime as ort
+    from edge_saliency.runtime.engines import quiet_cpu_session
 
     try:
-        opts = ort.SessionOptions()
-        opts.log_severity_level = 3
-        props = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"]).get_modelmeta().custom_metadata_map
+        props = quiet_cpu_session(str(path), optimise=False).get_modelmeta().custom_metadata_map
         return json.loads(props.get("edge_saliency.export", "{}")).get("edge_saliency")
     except Exception:
         return None

@@ -20,6 +20,8 @@ from typing import Callable, Protocol
 import cv2
 import numpy as np
 
+from edge_saliency.numeric import softmax
+
 from edge_saliency import contract
 from edge_saliency.errors import UserError
 from edge_saliency.runtime.model import Result
@@ -31,12 +33,6 @@ class Classifier(Protocol):
 
     def logits(self, batch: np.ndarray) -> np.ndarray:
         """uint8 BGR [N, H, W, 3] -> float logits [N, K]."""
-
-
-def softmax(x: np.ndarray) -> np.ndarray:
-    x = np.asarray(x, dtype=np.float64)
-    e = np.exp(x - x.max(axis=-1, keepdims=True))
-    return e / e.sum(axis=-1, keepdims=True)
 
 
 class FunctionClassifier:

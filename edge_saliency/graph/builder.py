@@ -355,15 +355,11 @@ def build(model: onnx.ModelProto, spec: BuildSpec, arch: str, log=print) -> tupl
 
 # ---------------------------------------------------------------- checks
 def session(model: onnx.ModelProto, optimise: bool = True):
-    """A quiet CPU ONNX Runtime session of an in-memory model."""
-    import onnxruntime as ort
+    """A quiet CPU ONNX Runtime session of an in-memory model; a model ORT refuses is a failed check."""
+    from edge_saliency.runtime.engines import quiet_cpu_session
 
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    if not optimise:
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     try:
-        return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+        return quiet_cpu_session(model, optimise)
     except Exception as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise BuildCheckError(f"build check failed: ONNX Runtime cannot load the result: {first[:300]}") from exc

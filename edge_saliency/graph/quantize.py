@@ -46,6 +46,8 @@ import numpy as np
 import onnx
 
 from edge_saliency.contract import PRECISIONS
+from edge_saliency.numeric import pearson
+from edge_saliency.runtime.engines import quiet_cpu_session
 from edge_saliency import contract
 from edge_saliency.errors import UserError
 from edge_saliency.graph.model_file import write_atomic
@@ -327,7 +329,6 @@ def _bias_correct(model: onnx.ModelProto, nodes: set[str], reader: "_ImageReader
     ``E[x]`` the per-channel mean of the Conv's input over the calibration images (fp32 model) and
     ``W_q`` the weights as quantize_static will round them (symmetric, per channel or per tensor).
     Returns the number of corrected Convs."""
-    import onnxruntime as ort
     from onnx import numpy_helper
 
     inits = {t.name: t for t in model.graph.initializer}
@@ -342,9 +343,7 @@ def _bias_correct(model: onnx.ModelProto, nodes: set[str], reader: "_ImageReader
     aug.CopyFrom(model)
     have = {o.name for o in aug.graph.output}
     aug.graph.output.extend(onnx.helper.make_empty_tensor_value_info(t) for t in inputs if t not in have)
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
-    sess = ort.InferenceSession(aug.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    sess = quiet_cpu_session(aug)
     sums, count = {t: 0.0 for t in inputs}, 0
     reader.rewind()
     while (feed := reader.get_next()) is not None:
@@ -532,18 +531,6 @@ def convert(src_path: str | os.PathLike, out_path: str | os.PathLike, precision:
 
 
 # ------------------------------------------------------------------ accuracy cost
-def pearson(a: np.ndarray, b: np.ndarray) -> float:
-    a = a.astype(np.float64).ravel()
-    b = b.astype(np.float64).ravel()
-    a, b = a - a.mean(), b - b.mean()
-    na, nb = np.sqrt((a * a).sum()), np.sqrt((b * b).sum())
-    if na < 1e-12 and nb < 1e-12:
-        return 1.0  # both flat: the same map
-    if na < 1e-12 or nb < 1e-12:
-        return 0.0
-    return float((a * b).sum() / (na * nb))
-
-
 def accuracy_report(reference_path, variant_path, images: list[np.ndarray], provider: str = "cpu",
                     threads: int | None = None) -> dict:
     """Top-1 agreement of ``variant`` with ``reference``, the logits' signal-to-noise ratio

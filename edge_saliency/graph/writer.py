@@ -114,7 +114,7 @@ def consumers(graph: onnx.GraphProto) -> dict[str, list[onnx.NodeProto]]:
 
 def probe(model: onnx.ModelProto, feeds: dict[str, np.ndarray], names: list[str]) -> dict[str, np.ndarray]:
     """Run ``model`` once with ``names`` exposed as outputs (no graph optimisation, exact values)."""
-    import onnxruntime as ort
+    from edge_saliency.runtime.engines import quiet_cpu_session
 
     m = onnx.ModelProto()
     m.CopyFrom(model)
@@ -122,11 +122,8 @@ def probe(model: onnx.ModelProto, feeds: dict[str, np.ndarray], names: list[str]
     for name in names:
         if name not in have:
             m.graph.output.append(onnx.ValueInfoProto(name=name))
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     try:
-        sess = ort.InferenceSession(m.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+        sess = quiet_cpu_session(m, optimise=False)
         outs = sess.run(names, feeds)
     except Exception as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

@@ -13,6 +13,8 @@ position, min-max normalised, is the map [N, 1, h, w].
 from __future__ import annotations
 
 import numpy as np
+
+from edge_saliency.numeric import softmax
 from onnx import helper
 
 SCORES = ("logit", "softmax")
@@ -221,11 +223,6 @@ def output_shapes(ctx) -> dict:
 
 
 # ------------------------------------------------------------------ numpy reference (float64)
-def softmax(z: np.ndarray) -> np.ndarray:
-    e = np.exp(z - z.max(axis=-1, keepdims=True))
-    return e / e.sum(axis=-1, keepdims=True)
-
-
 def ref_scores(fmap: np.ndarray, head_fn, target: int, score: str = "logit", variant: str = "onehot") -> np.ndarray:
     """fmap [C, h, w]; head_fn: masked copies [P, C, h, w] -> logits [P, K] -> raw scores [P]."""
     c, h, w = fmap.shape

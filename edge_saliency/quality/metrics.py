@@ -26,6 +26,8 @@ from typing import Callable
 import cv2
 import numpy as np
 
+from edge_saliency import numeric
+
 from edge_saliency.errors import UserError
 
 ProbsFn = Callable[[np.ndarray], np.ndarray]
@@ -55,12 +57,7 @@ def pearson(a: np.ndarray, b: np.ndarray) -> float:
     """Pearson correlation of two maps (b resized to a's shape). Constant maps: 1 when both are
     the same constant, else 0 (no linear relation to measure)."""
     a = np.asarray(a, dtype=np.float64)
-    b = resize_map(b, a.shape).astype(np.float64)
-    da, db = a - a.mean(), b - b.mean()
-    na, nb = np.sqrt((da * da).sum()), np.sqrt((db * db).sum())
-    if na < 1e-12 or nb < 1e-12:
-        return 1.0 if (na < 1e-12 and nb < 1e-12 and abs(a.mean() - b.mean()) < 1e-9) else 0.0
-    return float((da * db).sum() / (na * nb))
+    return numeric.pearson(a, resize_map(b, a.shape))
 
 
 def coherency(saliency: np.ndarray, saliency_masked: np.ndarray) -> float:

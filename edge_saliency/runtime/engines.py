@@ -87,13 +87,25 @@ class OnnxRuntimeEngine:
         return self.session.run(names, feeds)
 
 
+def quiet_cpu_session(model, optimise: bool = True):
+    """An ONNX Runtime CPU session that logs only errors, of a file path or an in-memory ModelProto
+    (graph checks, calibration, metadata; not the live engine). optimise=False: no graph
+    optimisation (cheap to open, and every tensor the graph names can be an output)."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    if not optimise:
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    source = model if isinstance(model, (str, bytes)) else model.SerializeToString() if hasattr(model, "SerializeToString") \
+        else str(model)
+    return ort.InferenceSession(source, opts, providers=["CPUExecutionProvider"])
+
+
 def _input_shapes(ort, path: str) -> list[tuple[str, list]] | None:
     """The model's inputs [(name, shape)], read by a CPU session with no graph optimisation (cheap)."""
     try:
-        opts = ort.SessionOptions()
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-        opts.log_severity_level = 3
-        s = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+        s = quiet_cpu_session(path, optimise=False)
         return [(i.name, list(i.shape)) for i in s.get_inputs()]
     except Exception:  # the real session below reports what is wrong with the file
         return None

@@ -18,6 +18,7 @@ import cv2
 import numpy as np
 
 from edge_saliency import contract
+from edge_saliency.numeric import softmax
 from edge_saliency.errors import UserError
 from edge_saliency.runtime.cache import cache_dir
 
@@ -73,11 +74,6 @@ class Result:
             rc = cv2.resize(self.recipro_cam, (w, h), interpolation=cv2.INTER_LINEAR)
             return self.smoe * rc
         raise KeyError(name)
-
-
-def _softmax(x: np.ndarray) -> np.ndarray:
-    e = np.exp(x - x.max(axis=-1, keepdims=True))
-    return e / e.sum(axis=-1, keepdims=True)
 
 
 def read_model_info(meta: dict, path: str) -> ModelInfo:
@@ -198,7 +194,7 @@ class SaliencyModel:
         t1 = time.perf_counter()
         out = self.run(batch, class_index)
         t2 = time.perf_counter()
-        probs = _softmax(out[contract.LOGITS].astype(np.float64))
+        probs = softmax(out[contract.LOGITS])
         results = []
         for i in range(len(frames)):
             target = int(out[contract.TARGET][i])
