@@ -33,9 +33,9 @@ gui-build: $(STAMP)
 	  echo "installing OpenCV's GUI build (opencv-python==$$v) for the window" && \
 	  $(BIN)/python -m pip install -q --force-reinstall --no-deps "opencv-python==$$v"; fi
 
-# The suite runs on the headless OpenCV the project installs; the real-window test
-# (tests/e2e/test_window_x11.py) then skips and says so. `make gui-build test` runs it with the GUI build
-# (it passes alone; once, in a full fresh-clone run, its captures came back black: under study).
+# The suite runs on the headless OpenCV the project installs; the real-window tests
+# (tests/e2e/test_window_x11.py, tests/e2e/test_device_side.py) give `run` OpenCV's GUI build of the
+# same version first on its path (pip --target into a cache folder, tests/opencv_builds.py).
 test: $(STAMP) browser x11 tools
 	$(BIN)/python -m pytest -q
 

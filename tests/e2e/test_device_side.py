@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from opencv_builds import opencv_first
+
 from edge_saliency.runtime import sysdeps
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -197,37 +199,28 @@ def xvfb():
 
 @pytest.fixture(scope="module")
 def headless_cv2(tmp_path_factory):
-    """A folder that puts the real opencv-python-headless (same version as this cv2) first on the path."""
-    import cv2
-
+    """A folder that puts the real opencv-python-headless (same version as this cv2) first on the path
+    (None: this cv2 is the headless build already)."""
     if sysdeps.gui_backend() is None:
-        return None  # this cv2 is already a headless build
-    try:
-        from importlib.metadata import version
-
-        ver = version("opencv-python")
-    except Exception:
-        ver = cv2.__version__
-    target = Path(os.environ.get("EDGE_SALIENCY_TEST_CACHE", "/var/tmp/edge-saliency-test-cache")) / f"cv2-headless-{ver}"
-    if not (target / "cv2").is_dir():
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = tmp_path_factory.mktemp("pip")
-        p = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(tmp),
-                            f"opencv-python-headless=={ver}"], capture_output=True, text=True, timeout=900)
-        if p.returncode != 0:
-            pytest.skip(f"cannot install opencv-python-headless=={ver}: {p.stderr.strip().splitlines()[-1:]}")
-        shutil.rmtree(target, ignore_errors=True)
-        shutil.move(str(tmp), str(target))
-    return target
+        return None
+    return opencv_first("headless", tmp_path_factory.mktemp("pip") / "cv2")
 
 
-def test_window_available_with_a_display_and_a_gui_opencv(xvfb, monkeypatch):
-    if sysdeps.gui_backend() is None:
-        pytest.skip("this OpenCV is the headless build")
-    monkeypatch.setenv("DISPLAY", xvfb)
-    monkeypatch.delenv("CI", raising=False)
-    monkeypatch.delenv("EDGE_SALIENCY_HEADLESS", raising=False)
-    assert sysdeps.window_unavailable() is None
+@pytest.fixture(scope="module")
+def gui_cv2(tmp_path_factory):
+    """The same for OpenCV's GUI build (None: this cv2 has a GUI backend already)."""
+    if sysdeps.gui_backend() is not None:
+        return None
+    return opencv_first("gui", tmp_path_factory.mktemp("pip") / "cv2")
+
+
+def test_window_available_with_a_display_and_a_gui_opencv(xvfb, gui_cv2, tmp_path):
+    """With a display and OpenCV's GUI build, run would open its window (nothing stands in its way)."""
+    code = "from edge_saliency.runtime.sysdeps import window_unavailable; print('unavailable:', window_unavailable())"
+    env = {k: v for k, v in os.environ.items() if k not in ("CI", "EDGE_SALIENCY_HEADLESS", "WAYLAND_DISPLAY")}
+    env.update({"DISPLAY": xvfb, "PYTHONPATH": os.pathsep.join([str(gui_cv2)] * bool(gui_cv2) + [str(ROOT)])})
+    p = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0 and p.stdout.strip() == "unavailable: None", (p.stdout, p.stderr)
 
 
 def test_headless_opencv_with_a_display_says_so_and_runs_headless(xvfb, headless_cv2, lite0_onnx, small_video,

@@ -6,7 +6,8 @@ the HUD away, +/- change the blend, the key help is drawn in the window but neve
 recording). Screenshots are kept next to the test's files (and copied to $EDGE_SALIENCY_SHOTS when set).
 
 Needs Debian's xvfb, xdotool and x11-apps (installed here when missing and possible: root and
-apt-get, or `make x11`), and an OpenCV with a GUI backend (opencv-python, not -headless)."""
+apt-get, or `make x11`), and OpenCV's GUI build: the project installs the headless one, so `run` gets
+opencv-python of the same version first on its path (tests/opencv_builds.py)."""
 from __future__ import annotations
 
 import json
@@ -24,6 +25,7 @@ import numpy as np
 import pytest
 
 from edge_saliency.pipeline.sources import DemoSource
+from opencv_builds import gui_backend_in, opencv_first
 
 ROOT = Path(__file__).resolve().parents[2]
 TOOLS = {"Xvfb": "xvfb", "xdotool": "xdotool", "xwd": "x11-apps"}
@@ -63,9 +65,19 @@ def ensure_x_tools() -> str | None:
 
 
 @pytest.fixture(scope="module")
+def gui_cv2(tmp_path_factory):
+    """Where `run` finds OpenCV's GUI build: None when this cv2 has one, else a folder put first on its
+    PYTHONPATH with opencv-python of the same version (the project installs the headless build)."""
+    if cv2_gui() is not None:
+        return None
+    folder = opencv_first("gui", tmp_path_factory.mktemp("pip") / "cv2")
+    if gui_backend_in(folder) is None:
+        pytest.skip(f"opencv-python in {folder} has no GUI backend either")
+    return folder
+
+
+@pytest.fixture(scope="module")
 def display():
-    if cv2_gui() is None:
-        pytest.skip("this OpenCV has no GUI backend (opencv-python-headless): install opencv-python for the window")
     why = ensure_x_tools()
     if why:
         pytest.skip(why)
@@ -152,9 +164,16 @@ class Session:
             assert time.time() < end, f"fewer than {n} new frames in {timeout} s"
             time.sleep(0.05)
 
-    def shot(self, name: str) -> np.ndarray:
-        data = subprocess.run(["xwd", "-id", self.wid, "-silent"], env=self.env, capture_output=True, timeout=20).stdout
-        img = read_xwd(data)
+    def shot(self, name: str, timeout: float = 10.0) -> np.ndarray:
+        """The window's pixels. A capture taken while Qt has not painted the window yet (after a
+        resize, under load) is black: taken again, up to `timeout` seconds."""
+        end = time.time() + timeout
+        while True:
+            data = subprocess.run(["xwd", "-id", self.wid, "-silent"], env=self.env, capture_output=True, timeout=20).stdout
+            img = read_xwd(data)
+            if img.max() > 0 or time.time() > end:
+                break
+            time.sleep(0.2)
         cv2.imwrite(str(self.tmp / f"window-{name}.png"), img)
         if os.environ.get("EDGE_SALIENCY_SHOTS"):
             Path(os.environ["EDGE_SALIENCY_SHOTS"]).mkdir(parents=True, exist_ok=True)
@@ -179,10 +198,11 @@ def still_video(path, seconds=45, fps=15):
     writer.release()
 
 
-def test_window_keys_on_a_real_x_server(display, lite0_onnx, tmp_path):
+def test_window_keys_on_a_real_x_server(display, gui_cv2, lite0_onnx, tmp_path):
     still_video(tmp_path / "in.avi")
     env = {k: v for k, v in os.environ.items() if k not in ("WAYLAND_DISPLAY", "CI", "EDGE_SALIENCY_HEADLESS")}
-    env.update({"DISPLAY": display, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), "QT_QPA_PLATFORM": "xcb"})
+    env.update({"DISPLAY": display, "OMP_NUM_THREADS": "1", "QT_QPA_PLATFORM": "xcb",
+                "PYTHONPATH": os.pathsep.join([str(gui_cv2)] * bool(gui_cv2) + [str(ROOT)])})
     proc = subprocess.Popen([sys.executable, "-m", "edge_saliency", "run", "--model", str(lite0_onnx), "--source", "in.avi",
                              "--view", "fastcam", "--log-json", "log.jsonl", "--record", "rec.mp4", "--threads", "1"],
                             cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
