@@ -101,3 +101,16 @@ def write_results(name: str, title: str, body_md: str, data: dict) -> tuple[Path
     md_path.write_text(md)
     json_path.write_text(json.dumps({"command": command_line(), "date": stamp, "machine": mach, **data}, indent=1))
     return md_path, json_path
+
+
+def http_get(host: str, port: int, path: str, timeout: float = 10.0) -> tuple[int, bytes]:
+    """(status, body) of one GET on a fresh connection (the daemon benchmarks' client)."""
+    import http.client
+
+    conn = http.client.HTTPConnection(host, port, timeout=timeout)
+    try:
+        conn.request("GET", path)
+        r = conn.getresponse()
+        return r.status, r.read()
+    finally:
+        conn.close()

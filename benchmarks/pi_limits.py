@@ -36,6 +36,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from benchmarks import harness  # noqa: E402
+
 RESULTS = ROOT / "benchmarks" / "results"
 MB = 1 << 20
 GROWTH_MB = 16.0  # allowed steady-state RSS growth (allocator noise, JPEG buffers)
@@ -315,13 +318,7 @@ def _bounded(rss: dict, limit: Limit) -> bool:
 
 
 def _get(port: int, path: str, timeout: float = 30.0):
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
-    try:
-        conn.request("GET", path)
-        r = conn.getresponse()
-        return r.status, r.read()
-    finally:
-        conn.close()
+    return harness.http_get("127.0.0.1", port, path, timeout)
 
 
 def serve_daemon(limit: Limit, model: str, seconds: float) -> dict:

@@ -35,18 +35,14 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from benchmarks import harness  # noqa: E402
+
 RESULTS = ROOT / "benchmarks" / "results"
 
 
 # ---------------------------------------------------------------------- helpers
 def get(host, port, path, timeout=10.0):
-    c = http.client.HTTPConnection(host, port, timeout=timeout)
-    try:
-        c.request("GET", path)
-        r = c.getresponse()
-        return r.status, r.read()
-    finally:
-        c.close()
+    return harness.http_get(host, port, path, timeout)
 
 
 def metric(text: str, name: str) -> float | None:
