@@ -3,7 +3,7 @@
 
     python benchmarks/int8_recipes.py [--model fp32.onnx] [--recipes a,b,...] [--runs 40]
 
-Calibration and evaluation images are disjoint: recipes calibrate on edge_saliency.graph.quantize.CALIBRATION_PHOTOS
+Calibration and evaluation images are disjoint: recipes calibrate on edge_saliency.graph.photos.CALIBRATION_PHOTOS
 (scikit-image / matplotlib photographs that are not in the report), 22 views each (calibration_views);
 they are evaluated on the 5 sample photos x 4 views (20, the tests' set) and on REPORT_PHOTOS x 4
 views (56). The row "calib=eval (old)" calibrates on the sample photos themselves, as the first
@@ -28,7 +28,7 @@ import numpy as np
 import onnx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from edge_saliency.graph import quantize as Q  # noqa: E402
+from edge_saliency.graph import photos, precision_report, quantize as Q  # noqa: E402
 
 R = Q.Int8Recipe
 OLD = R(range_symmetric=True, bias_correction=False)  # the first version: ORT's percentile default (symmetric ranges)
@@ -73,7 +73,7 @@ def _session(path, threads=2):
 
 
 def latency_ratio(fp32, int8, runs: int) -> dict:
-    img = Q.resize(Q.sample_images(("chelsea",), with_views=False)[0], (224, 224))[None]
+    img = photos.resize(photos.sample_images(("chelsea",), with_views=False)[0], (224, 224))[None]
     a, b = _session(fp32), _session(int8)
     feed = {a.get_inputs()[0].name: img}
     for _ in range(5):
@@ -125,7 +125,7 @@ def dynamic_gemm(fp32: Path, out: Path) -> None:
 
 def _logits(path, images):
     s = _session(path)
-    return [s.run(["logits"], {s.get_inputs()[0].name: Q.resize(i, (224, 224))[None]})[0][0] for i in images]
+    return [s.run(["logits"], {s.get_inputs()[0].name: photos.resize(i, (224, 224))[None]})[0][0] for i in images]
 
 
 def logit_stats(ref: list, other: list) -> dict:
@@ -149,7 +149,7 @@ def noise_floor(fp32, images) -> dict:
                     ("fp32 vs fp32 after JPEG q95", lambda x: cv2.imdecode(cv2.imencode(".jpg", x, [cv2.IMWRITE_JPEG_QUALITY, 95])[1], 1))):
         # perturb the model-sized image, as the int8 rows compare on model-sized images
         s = _session(fp32)
-        other = [s.run(["logits"], {s.get_inputs()[0].name: f(Q.resize(i, (224, 224)))[None]})[0][0] for i in images]
+        other = [s.run(["logits"], {s.get_inputs()[0].name: f(photos.resize(i, (224, 224)))[None]})[0][0] for i in images]
         out[name] = {"eval20": logit_stats(ref[:20], other[:20]), "eval56": logit_stats(ref, other)}
     return out
 
@@ -204,9 +204,9 @@ def main(argv=None) -> int:
     if not args.model:
         from export.build import ExportOptions, export_from_options
         export_from_options(ExportOptions(out=str(fp32)), log=lambda m: None)
-    calib = Q.calibration_images()
-    calib_eval = Q.sample_images(Q.EVAL_PHOTOS)
-    eval20, eval56 = Q.sample_images(Q.EVAL_PHOTOS), Q.sample_images(Q.REPORT_PHOTOS)
+    calib = photos.calibration_images()
+    calib_eval = photos.sample_images(photos.EVAL_PHOTOS)
+    eval20, eval56 = photos.sample_images(photos.EVAL_PHOTOS), photos.sample_images(photos.REPORT_PHOTOS)
     names = args.recipes.split(",") if args.recipes else list(RECIPES)
     ref56 = _logits(fp32, eval56)
     floor = noise_floor(fp32, eval56)
@@ -231,8 +231,8 @@ def main(argv=None) -> int:
                 model, _ = Q.quantize_int8(src, images, progress=None, recipe=recipe)
                 onnx.save(model, str(out))
         secs = time.perf_counter() - t0
-        r20 = summarise(Q.accuracy_report(fp32, out, eval20, threads=2))
-        r56 = summarise(Q.accuracy_report(fp32, out, eval56, threads=2))
+        r20 = summarise(precision_report.accuracy_report(fp32, out, eval20, threads=2))
+        r56 = summarise(precision_report.accuracy_report(fp32, out, eval56, threads=2))
         r56["sqnr_db"] = logit_stats(ref56, _logits(out, eval56))["sqnr_db"]
         lat = latency_ratio(fp32, out, args.runs)
         row = {"recipe": name, "settings": recipe.describe() if recipe else {"quantize_dynamic": "Gemm/MatMul only"},
@@ -254,8 +254,8 @@ def meta(calib) -> dict:
     return {"date": datetime.datetime.now().isoformat(timespec="seconds"), "command": " ".join(["python"] + sys.argv),
             "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores (shared), "
                        f"onnxruntime {onnxruntime.__version__}",
-            "calibration_images": f"{len(calib)} = {', '.join(Q.CALIBRATION_PHOTOS)} x 22 views (photo, flip, 2 crops, 3x3 half-size crops and their flips)",
-            "eval20": f"{', '.join(Q.EVAL_PHOTOS)} x 4 views", "eval56": f"{', '.join(Q.REPORT_PHOTOS)} x 4 views"}
+            "calibration_images": f"{len(calib)} = {', '.join(photos.CALIBRATION_PHOTOS)} x 22 views (photo, flip, 2 crops, 3x3 half-size crops and their flips)",
+            "eval20": f"{', '.join(photos.EVAL_PHOTOS)} x 4 views", "eval56": f"{', '.join(photos.REPORT_PHOTOS)} x 4 views"}
 
 
 def save(args, meta: dict, floor: dict, rows: list) -> None:

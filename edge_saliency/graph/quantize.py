@@ -1,7 +1,9 @@
 """Precision variants of an edge-saliency ONNX file: fp16 (for GPU providers) and int8 (static QDQ).
 
     edge-saliency export --precision int8 --calibration images/   # fp32 export + checks, then int8
-    python -m edge_saliency.graph.quantize fp32.onnx int8.onnx --precision int8 [--calibration DIR] [--report]
+    convert("fp32.onnx", "int8.onnx", "int8")                     # an existing edge-saliency file
+
+The calibration photographs are in photos.py; what a variant costs against fp32 in precision_report.py.
 
 Both keep the contract: input ``image`` uint8 [N, H, W, 3] BGR, outputs with the same names,
 dtypes (float32 maps and logits, int64 target_class) and shapes, and every ``edge_saliency.*``
@@ -31,7 +33,6 @@ architecture works.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -41,135 +42,19 @@ import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import cv2
 import numpy as np
 import onnx
 
 from edge_saliency.contract import PRECISIONS
-from edge_saliency.numeric import pearson
 from edge_saliency.runtime.engines import quiet_cpu_session
 from edge_saliency import contract
 from edge_saliency.errors import UserError
 from edge_saliency.graph.model_file import write_atomic
+from edge_saliency.graph.photos import CALIBRATION_PHOTOS, calibration_images, folder_images, resize
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 # ops quantised on the classifier path (ReLU6 = Clip and residual Adds keep activations in int8
 # between convolutions; GlobalAveragePool feeds the classifier)
 INT8_OP_TYPES = ("Conv", "Gemm", "MatMul", "Clip", "Relu", "Add", "GlobalAveragePool", "AveragePool", "MaxPool")
-# the accuracy report's photographs (all ship with scikit-image): the sample photos
-# (edge_saliency.samples.PHOTOS) first, then other scikit-image images
-EVAL_PHOTOS = ("chelsea", "coffee", "astronaut", "rocket", "hubble_deep_field")
-REPORT_PHOTOS = EVAL_PHOTOS + ("immunohistochemistry", "retina", "camera", "brick", "grass",
-                               "gravel", "clock", "coins", "moon")
-# default calibration images: disjoint from REPORT_PHOTOS, so the report measures images the
-# quantiser never saw (scikit-image's other images; matplotlib's sample photographs when installed)
-CALIBRATION_PHOTOS = ("motorcycle_left", "motorcycle_right", "grace_hopper", "present_pack", "lfw_faces")
-
-
-# ------------------------------------------------------------------ images
-def views(img: np.ndarray) -> list[np.ndarray]:
-    """A photo, its horizontal flip, and two crops (centre 70%, top-left 80%): more distinct inputs
-    from few photographs, for calibration and for the agreement statistic."""
-    h, w = img.shape[:2]
-    ch, cw = int(h * 0.7), int(w * 0.7)
-    y, x = (h - ch) // 2, (w - cw) // 2
-    return [img, np.ascontiguousarray(img[:, ::-1]), np.ascontiguousarray(img[y:y + ch, x:x + cw]),
-            np.ascontiguousarray(img[: int(h * 0.8), : int(w * 0.8)])]
-
-
-def calibration_views(img: np.ndarray) -> list[np.ndarray]:
-    """``views`` plus a 3x3 grid of half-size crops and their flips (22 inputs per photo): objects at
-    several scales and positions, as a camera sees them."""
-    h, w = img.shape[:2]
-    out = views(img)
-    for fy in (0.0, 0.25, 0.5):
-        for fx in (0.0, 0.25, 0.5):
-            y, x = int(h * fy), int(w * fx)
-            crop = np.ascontiguousarray(img[y:y + h // 2, x:x + w // 2])
-            out += [crop, np.ascontiguousarray(crop[:, ::-1])]
-    return out
-
-
-def resize(img: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """As the runtime does (SaliencyModel.preprocess): INTER_AREA when shrinking."""
-    h, w = size
-    interp = cv2.INTER_AREA if img.shape[0] > h or img.shape[1] > w else cv2.INTER_LINEAR
-    return cv2.resize(img, (w, h), interpolation=interp)
-
-
-def sample_images(names=EVAL_PHOTOS, with_views: bool = True) -> list[np.ndarray]:
-    from edge_saliency import samples
-
-    out = []
-    for n in names:
-        img = samples.photo(n)
-        out.extend(views(img) if with_views else [img])
-    return out
-
-
-def _to_bgr(img: np.ndarray) -> np.ndarray:
-    """RGB / RGBA (composited on white) / grey / bool / float [0, 1] -> BGR uint8."""
-    img = np.asarray(img)
-    if img.dtype == bool:
-        img = img.astype(np.uint8) * 255
-    elif img.dtype != np.uint8:
-        img = np.clip(img * 255.0 if img.max() <= 1.0 else img, 0, 255).astype(np.uint8)
-    if img.ndim == 2:
-        img = np.stack([img] * 3, axis=-1)
-    if img.shape[2] == 4:
-        a = img[:, :, 3:4].astype(np.float32) / 255.0
-        img = (img[:, :, :3] * a + 255.0 * (1.0 - a)).astype(np.uint8)
-    return np.ascontiguousarray(img[:, :, ::-1])
-
-
-def calibration_photo(name: str) -> np.ndarray:
-    """One default calibration image (BGR)."""
-    import skimage.data
-
-    if name in ("motorcycle_left", "motorcycle_right"):
-        left, right, _ = skimage.data.stereo_motorcycle()
-        return _to_bgr(left if name == "motorcycle_left" else right)
-    if name == "lfw_faces":  # 16 small face crops as a 4x4 mosaic
-        faces = skimage.data.lfw_subset()[:16]
-        return _to_bgr(np.vstack([np.hstack(list(faces[r * 4:(r + 1) * 4])) for r in range(4)]))
-    if name in ("grace_hopper", "present_pack"):
-        try:
-            from matplotlib import cbook
-        except ImportError as exc:  # part of the export extra: a silently smaller set gives another model
-            raise UserError("default int8 calibration uses matplotlib's sample photographs: "
-                            "pip install 'edge-saliency[export]' (matplotlib), or pass --calibration DIR") from exc
-        f = {"grace_hopper": "grace_hopper.jpg", "present_pack": "Minduka_Present_Blue_Pack.png"}[name]
-        return cv2.imread(str(cbook.get_sample_data(f, asfileobj=False)), cv2.IMREAD_COLOR)
-    return _to_bgr(getattr(skimage.data, name)())
-
-
-def calibration_images(names=CALIBRATION_PHOTOS) -> list[np.ndarray]:
-    """The default calibration set: ``calibration_views`` of each of ``names`` (110 images)."""
-    try:
-        import skimage.data  # noqa: F401
-    except ImportError as exc:
-        raise UserError("default int8 calibration uses scikit-image's images: pip install scikit-image, "
-                        "or pass --calibration DIR") from exc
-    out = []
-    for n in names:
-        out.extend(calibration_views(calibration_photo(n)))
-    return out
-
-
-def folder_images(folder: str | os.PathLike, limit: int = 500) -> list[np.ndarray]:
-    """BGR images of a folder (recursively, sorted), at most ``limit``."""
-    root = Path(folder)
-    if not root.is_dir():
-        raise UserError(f"--calibration {folder}: not a directory")
-    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())[:limit]
-    images = []
-    for p in files:
-        img = cv2.imread(str(p), cv2.IMREAD_COLOR)
-        if img is not None:
-            images.append(img)
-    if not images:
-        raise UserError(f"--calibration {folder}: no readable images ({', '.join(IMAGE_SUFFIXES)})")
-    return images
 
 
 # ------------------------------------------------------------------ graph analysis
@@ -528,71 +413,3 @@ def convert(src_path: str | os.PathLike, out_path: str | os.PathLike, precision:
     write_atomic(model, out)
     return {"path": str(out), "precision": precision, "seconds": time.perf_counter() - t0,
             "size_mb": out.stat().st_size / 1e6, "info": info}
-
-
-# ------------------------------------------------------------------ accuracy cost
-def accuracy_report(reference_path, variant_path, images: list[np.ndarray], provider: str = "cpu",
-                    threads: int | None = None) -> dict:
-    """Top-1 agreement of ``variant`` with ``reference``, the logits' signal-to-noise ratio
-    (dB, the reference's logits as signal, the difference as noise) and per-map Pearson
-    correlations (smoe, each scale of smoe_scales, recipro_cam) on ``images`` (BGR, any size)."""
-    from edge_saliency.runtime.model import SaliencyModel
-
-    ref = SaliencyModel(reference_path, provider=provider, threads=threads)
-    var = SaliencyModel(variant_path, provider=provider, threads=threads)
-    agree, n = 0, 0
-    signal = noise = 0.0  # logit SQNR
-    confident = []  # agreement where the fp32 top-1 probability is >= 0.5
-    corr: dict[str, list[float]] = {}
-    for img in images:
-        x = ref.preprocess(img)[None]
-        a, b = ref.run(x), var.run(x)
-        n += 1
-        same = int(a[contract.TARGET][0] == b[contract.TARGET][0])
-        agree += same
-        logits = a[contract.LOGITS][0].astype(np.float64)
-        signal += float((logits ** 2).sum())
-        noise += float(((logits - b[contract.LOGITS][0]) ** 2).sum())
-        p = np.exp(logits - logits.max())
-        if p.max() / p.sum() >= 0.5:
-            confident.append(same)
-        for name in (contract.SMOE, contract.RECIPRO):
-            if name in a:
-                corr.setdefault(name, []).append(pearson(a[name][0], b[name][0]))
-        if contract.RECIPRO in a and same:  # a class-specific map is only comparable for the same class
-            corr.setdefault(f"{contract.RECIPRO} (same class)", []).append(
-                pearson(a[contract.RECIPRO][0], b[contract.RECIPRO][0]))
-        if contract.SMOE_SCALES in a:
-            for s in range(a[contract.SMOE_SCALES].shape[1]):
-                corr.setdefault(f"{contract.SMOE_SCALES}[{s}]", []).append(
-                    pearson(a[contract.SMOE_SCALES][0, s], b[contract.SMOE_SCALES][0, s]))
-    return {
-        "images": n, "top1_agreement": agree / max(n, 1),
-        "logit_sqnr_db": float(10 * np.log10(signal / noise)) if noise > 0 else float("inf"),
-        "confident_images": len(confident), "top1_agreement_confident": float(np.mean(confident)) if confident else None,
-        "map_correlation": {k: {"mean": float(np.mean(v)), "min": float(np.min(v))} for k, v in corr.items()},
-    }
-
-
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m edge_saliency.graph.quantize", description=__doc__.split("\n\n")[0])
-    p.add_argument("src", help="fp32 edge-saliency ONNX file")
-    p.add_argument("out", help="output file")
-    p.add_argument("--precision", default="int8", choices=PRECISIONS)
-    p.add_argument("--calibration", help="folder of images for int8 calibration (default: scikit-image photos)")
-    p.add_argument("--report", action="store_true", help="print the accuracy cost against the fp32 file")
-    args = p.parse_args(argv)
-    try:
-        r = convert(args.src, args.out, args.precision, args.calibration)
-        print(f"wrote {r['path']} ({r['size_mb']:.1f} MB, {args.precision}) in {r['seconds']:.1f}s")
-        if args.report:
-            images = sample_images(REPORT_PHOTOS)
-            print(json.dumps(accuracy_report(args.src, args.out, images), indent=1))
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

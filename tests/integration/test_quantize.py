@@ -9,9 +9,9 @@ import numpy as np
 import onnx
 import pytest
 
-from edge_saliency import contract
+from edge_saliency import contract, numeric
 from edge_saliency.errors import UserError
-from edge_saliency.graph import quantize
+from edge_saliency.graph import photos as graph_photos, precision_report, quantize
 
 # the targets of issue 5
 MIN_AGREEMENT = 0.95
@@ -23,7 +23,7 @@ def photos():
     """The sample photographs (edge_saliency.samples.PHOTOS) with a flip and two crops of each."""
     from edge_saliency import samples
 
-    return quantize.sample_images(tuple(samples.PHOTOS))
+    return graph_photos.sample_images(tuple(samples.PHOTOS))
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +35,7 @@ def int8_onnx(lite0_onnx, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def int8_report(lite0_onnx, int8_onnx, photos):
-    return quantize.accuracy_report(lite0_onnx, int8_onnx, photos, threads=2)
+    return precision_report.accuracy_report(lite0_onnx, int8_onnx, photos, threads=2)
 
 
 def _signature(values):
@@ -71,7 +71,7 @@ def test_variant_keeps_contract_and_metadata(precision, lite0_onnx, int8_onnx, t
         assert path.stat().st_size < 0.5 * lite0_onnx.stat().st_size  # int8 weights
     # the runtime opens it like any model and the maps keep their ranges and shapes
     m, r = SaliencyModel(path, provider="cpu", threads=1), SaliencyModel(lite0_onnx, provider="cpu", threads=1)
-    batch = np.stack([cv2.resize(quantize.sample_images(("chelsea",), with_views=False)[0], (224, 224))] * 2)
+    batch = np.stack([cv2.resize(graph_photos.sample_images(("chelsea",), with_views=False)[0], (224, 224))] * 2)
     got, want = m.run(batch), r.run(batch)
     for name in r.outputs:
         assert got[name].shape == want[name].shape and got[name].dtype == want[name].dtype
@@ -94,7 +94,7 @@ def test_int8_saliency_subgraphs_stay_float(int8_onnx):
 def fp16_report(lite0_onnx, photos, tmp_path_factory):
     out = tmp_path_factory.mktemp("fp16") / "lite0_fp16.onnx"
     quantize.convert(lite0_onnx, out, "fp16", log=lambda m: None)
-    return quantize.accuracy_report(lite0_onnx, out, photos, threads=2)
+    return precision_report.accuracy_report(lite0_onnx, out, photos, threads=2)
 
 
 # Judged per image, by the worst one: a map correlating 0.9 with fp32's shows the same places to a
@@ -223,23 +223,23 @@ def test_classifier_nodes_exclude_saliency_heads(lite0_onnx):
 def test_pearson_matches_numpy():
     rng = np.random.default_rng(0)
     a, b = rng.random((7, 7)), rng.random((7, 7))
-    assert quantize.pearson(a, b) == pytest.approx(np.corrcoef(a.ravel(), b.ravel())[0, 1], abs=1e-12)
-    assert quantize.pearson(np.ones((3, 3)), np.ones((3, 3))) == 1.0
-    assert quantize.pearson(np.ones((3, 3)), a[:3, :3]) == 0.0
+    assert numeric.pearson(a, b) == pytest.approx(np.corrcoef(a.ravel(), b.ravel())[0, 1], abs=1e-12)
+    assert numeric.pearson(np.ones((3, 3)), np.ones((3, 3))) == 1.0
+    assert numeric.pearson(np.ones((3, 3)), a[:3, :3]) == 0.0
 
 
 def test_calibration_folder(tmp_path):
     for i in range(3):
         cv2.imwrite(str(tmp_path / f"im{i}.png"), np.full((40, 50, 3), 40 * i, np.uint8))
     (tmp_path / "notes.txt").write_text("not an image")
-    images = quantize.folder_images(tmp_path)
+    images = graph_photos.folder_images(tmp_path)
     assert len(images) == 3 and images[0].shape == (40, 50, 3)
     empty = tmp_path / "empty"
     empty.mkdir()
     with pytest.raises(UserError, match="no readable images"):
-        quantize.folder_images(empty)
+        graph_photos.folder_images(empty)
     with pytest.raises(UserError, match="not a directory"):
-        quantize.folder_images(tmp_path / "missing")
+        graph_photos.folder_images(tmp_path / "missing")
 
 
 def test_bad_inputs_are_user_errors(tmp_path, lite0_onnx):
@@ -271,4 +271,4 @@ def test_default_calibration_refuses_a_smaller_set(monkeypatch):
 
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     with pytest.raises(UserError, match="pip install 'edge-saliency\\[export\\]'"):
-        quantize.calibration_images()
+        graph_photos.calibration_images()

@@ -145,15 +145,27 @@ def test_the_record_of_a_tick_carries_the_region_from_the_map_and_the_timings():
     assert "view" not in rec  # no Overlay ran
 
 
-def test_stop_signal_sets_the_flag_on_sigterm_and_restores_the_handler():
-    import os
-    import signal
+STOP_SIGNAL = """
+import os, signal
+from edge_saliency.pipeline.frame_loop import StopSignal
+before = signal.getsignal(signal.SIGTERM)
+stop = StopSignal().install()
+os.kill(os.getpid(), signal.SIGTERM)
+print(stop.flag.wait(2), stop.reason)
+stop.restore()
+print(signal.getsignal(signal.SIGTERM) is before)
+"""
 
-    before = signal.getsignal(signal.SIGTERM)
-    stop = StopSignal().install()
-    try:
-        os.kill(os.getpid(), signal.SIGTERM)
-        assert stop.flag.wait(2) and stop.reason == "SIGTERM"
-    finally:
-        stop.restore()
-    assert signal.getsignal(signal.SIGTERM) is before
+
+def test_stop_signal_sets_the_flag_on_sigterm_and_restores_the_handler():
+    """In a process of its own: a real SIGTERM, and no other test's threads or signal state
+    (after an in-process `bench` with OpenVINO, the kernel cannot deliver a signal to the main
+    thread's Python handler here: SIGSEGV in kill(); the commands themselves stop cleanly)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    p = subprocess.run([sys.executable, "-c", STOP_SIGNAL], capture_output=True, text=True, timeout=120,
+                       env={"PYTHONPATH": str(root), "PATH": "/usr/bin:/bin"})
+    assert p.returncode == 0 and p.stdout.split() == ["True", "SIGTERM", "True"], (p.stdout, p.stderr)
