@@ -37,7 +37,7 @@ from benchmarks import harness  # noqa: E402
 from benchmarks.saliency_overhead import NETS, NO_SPIN  # noqa: E402
 from edge_saliency.methods import smoe  # noqa: E402
 
-_ORIG = {"build": smoe.build, "smoe_scale_flat": smoe.smoe_scale_flat}
+_ORIG = {"build": smoe.build, "smoe_scale_flat": smoe.smoe_scale_flat, "smoe_scale": smoe.smoe_scale}
 
 
 def _build_with(place: str):
@@ -109,11 +109,33 @@ def _flat_scaled(gw, a, channels, clamp, eps, ratio_min=1.0, largest=8):
     return gw.op("Mul", [m, t], "smoe_flat_stat")
 
 
+def _scale_4d(gw, a, channels, size, clamp, eps, ratio_min=1.0):
+    """smoe_scale on [N, C, H, W] throughout (ReduceMean/ReduceSum over the channels, no Reshape to
+    [N, C, H*W]): OpenVINO can keep its blocked layout instead of reordering to planar."""
+    if clamp:
+        a = gw.op("Relu", [a], "smoe_clamp")
+    x = gw.op("Add", [a, gw.const(np.float32(eps), "smoe_eps")], "smoe_x")
+    m = gw.reduce("ReduceMean", x, [1], hint="smoe_mean")
+    r = gw.op("Mul", [x, gw.op("Reciprocal", [m], "smoe_inv_mean")], "smoe_ratio")
+    p, c = r, channels
+    for _ in range(int(math.log2(smoe.group_size(channels, ratio_min)))):
+        half = c // 2
+        lo = gw.op("Slice", [p, gw.ints([0], "s0"), gw.ints([half], "s_half"), gw.ints([1], "axis1")], "smoe_lo")
+        hi = gw.op("Slice", [p, gw.ints([half], "s_half"), gw.ints([c], "s_end"), gw.ints([1], "axis1")], "smoe_hi")
+        p, c = gw.op("Mul", [lo, hi], "smoe_prod"), half
+    if c != channels:
+        p = gw.op("Max", [p, gw.const(np.float32(smoe.PRODUCT_MIN), "product_min")], "smoe_prod_safe")
+    s = gw.reduce("ReduceSum", gw.op("Log", [p], "smoe_log"), [1], hint="smoe_sum_log")
+    t = gw.op("Mul", [s, gw.const(np.float32(-1.0 / (channels * math.log(2.0))), "smoe_logmean_w")], "smoe_neg_mean_log2")
+    return gw.op("Mul", [m, t], "smoe_stat")
+
+
 VARIANTS = {
     "a": {"build": _build_with("concat")},
     "b": {"build": _build_with("pre_resize")},
     "c": {"build": _build_with("post_resize")},
     "d": {"build": _build_with("post_resize"), "smoe_scale_flat": _flat_scaled},
+    "e": {"build": _build_with("post_resize"), "smoe_scale": _scale_4d},
     "cur": {},  # whatever edge_saliency/methods/smoe.py does now
 }
 
