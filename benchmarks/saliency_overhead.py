@@ -44,7 +44,11 @@ GROUPS = (  # node-name hints of the builder -> what they are
 )
 
 
-def export_pair(net: str, folder: Path) -> dict[str, Path]:
+KINDS = (("plain", ()), ("maps", ("smoe", "recipro")))
+
+
+def export_pair(net: str, folder: Path, kinds=KINDS) -> dict[str, Path]:
+    """``net`` exported once per (name, methods) of ``kinds`` (default: plain and the default maps)."""
     import torch
 
     from edge_saliency.graph.builder import BuildSpec
@@ -59,7 +63,7 @@ def export_pair(net: str, folder: Path) -> dict[str, Path]:
         torch.manual_seed(0)
         model, mean, std = create(NETS[net]), None, None
     paths = {}
-    for kind, methods in (("plain", ()), ("maps", ("smoe", "recipro"))):
+    for kind, methods in kinds:
         paths[kind] = folder / f"{net}_{kind}.onnx"
         export_module(model, BuildSpec(methods=methods, input_size=(224, 224), mean=mean, std=std), paths[kind],
                       net, log=lambda m: None)

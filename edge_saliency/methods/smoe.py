@@ -183,14 +183,17 @@ def build(ctx) -> dict:
     eps = spec.smoe_eps
     stats = [smoe_scale(gw, e.tensor, e.channels, e.size, not e.nonnegative, eps, smallest_ratio(ctx.values.get(e.tensor), eps))
              for e in ctx.scale_ends]
-    gaussian = spec.normaliser == "gaussian"  # then 0.5 (1 + erf) comes once, after the resize (which is linear)
+    # Gaussian: 0.5 (1 + erf) after each scale's resize (which is linear), before the concat: OpenVINO
+    # fuses it into the Interpolate as a post-op (its runtime model), where on the concat it is a kernel
+    # of its own (benchmarks/smoe_normaliser_ab.py: faster under OpenVINO than once on the concat or
+    # before the resize; about the same under ONNX Runtime)
+    gaussian = spec.normaliser == "gaussian"
     normed = [gaussian_erf(gw, st, e.size[0] * e.size[1]) if gaussian else gamma_cdf(gw, st)
               for st, e in zip(stats, ctx.scale_ends)]
     maps = [resize_bilinear(gw, m, e.size, ctx.map_size) for m, e in zip(normed, ctx.scale_ends)]
     if gaussian:
-        half_plus_half(gw, gw.op("Concat", maps, "smoe_stacked", axis=1) if len(maps) > 1 else maps[0], "smoe_scales")
-    else:
-        gw.op("Concat" if len(maps) > 1 else "Identity", maps, outputs=["smoe_scales"], **({"axis": 1} if len(maps) > 1 else {}))
+        maps = [half_plus_half(gw, m) for m in maps]
+    gw.op("Concat" if len(maps) > 1 else "Identity", maps, outputs=["smoe_scales"], **({"axis": 1} if len(maps) > 1 else {}))
     stacked = "smoe_scales"
     weights = ctx.smoe_weights
     w = (np.asarray(weights, dtype=np.float64) / sum(weights)).astype(np.float32).reshape(1, -1, 1, 1)
