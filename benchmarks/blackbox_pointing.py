@@ -183,28 +183,31 @@ def run(scenes, methods, budget, full, plain, overrides, keep=0.25, log=print) -
             secs = time.perf_counter() - t0
             hit = bool(metrics.pointing_hit(sal, [sc["box"]], (SIZE, SIZE)))
             rec = metrics.reconstruction_accuracy(probe.all_probs, x, sal, fills, keep)
-            rows.append({"scene": sc["name"], "method": method, "object": sc["object"], "hit": hit,
+            rows.append({"scene": sc["name"], "method": method, "object": sc["object"], "rank": sc["rank"], "hit": hit,
                          "queries": int(queries), "seconds": secs, "recon": rec["unchanged"]})
             log(f"{sc['name']} {sc['object']:8s} {method:8s} hit={int(hit)} q={queries} {secs:.1f}s "
                 f"recon={sum(rec['unchanged'].values())}/{len(fills)}")
     return rows
 
 
-def summarise(rows, methods) -> dict:
+def summarise(rows, methods, ranks: dict | None = None) -> dict:
+    """Pointing over every scene; reconstruction over the scenes whose explained class is also the
+    scene's top-1 (``rank`` 0: there "the decision stays" and "the class stays" are the same)."""
     out = {}
     for m in methods:
         mine = [r for r in rows if r["method"] == m]
         if not mine:
             continue
+        top1 = [r for r in mine if (ranks[r["scene"]] if ranks else r["rank"]) == 0]
         fam = {}
         for f in ("blur", "noise", "background", "scene"):
-            vals = [v for r in mine for k, v in r["recon"].items() if k.startswith(f)]
-            fam[f] = float(np.mean(vals))
-        allv = [v for r in mine for v in r["recon"].values()]
+            vals = [v for r in top1 for k, v in r["recon"].items() if k.startswith(f)]
+            fam[f] = float(np.mean(vals)) if vals else float("nan")
+        allv = [v for r in top1 for v in r["recon"].values()]
         out[m] = {"n": len(mine), "pointing": float(np.mean([r["hit"] for r in mine])),
                   "queries": float(np.mean([r["queries"] for r in mine])),
                   "seconds": float(np.mean([r["seconds"] for r in mine])),
-                  "recon_all": float(np.mean(allv)), "recon_in_distribution": (fam["blur"] + fam["background"]) / 2,
+                  "recon_scenes": len(top1), "recon_all": float(np.mean(allv)) if allv else float("nan"), "recon_in_distribution": (fam["blur"] + fam["background"]) / 2,
                   "recon_by_fill": fam}
     return out
 
@@ -237,6 +240,7 @@ def main() -> int:
     ap.add_argument("--set", action="append", default=[], metavar="METHOD.FIELD=VALUE",
                     help="override a black-box setting (tuning only), e.g. decam.grid=7")
     ap.add_argument("--no-write", action="store_true", help="print only (tuning runs)")
+    ap.add_argument("--before", help="JSON of an earlier run (the old settings), kept in this run's JSON for the tables")
     ap.add_argument("--out", default=str(RESULTS / "blackbox_pointing"), help="results path without suffix")
     args = ap.parse_args()
     overrides: dict = {}
@@ -273,9 +277,30 @@ def main() -> int:
                   f"| {s['recon_in_distribution']:.3f} |")
     if not args.no_write:
         out = Path(args.out)
+        if args.before:
+            report["before"] = json.loads(Path(args.before).read_text())
         out.with_suffix(".json").write_text(json.dumps(report, indent=1))
         print(f"wrote {out.with_suffix('.json')}")
     return 0
+
+
+def table(report: dict, split: str) -> str:
+    """Markdown rows for one split: after (this run) and, where the report holds one, before."""
+    v = report["splits"][split]
+    ranks = {sc["name"]: sc["rank"] for sc in v["scenes"]}
+    before = report.get("before", {}).get("splits", {}).get(split)
+    lines = ["| method | version | pointing | queries/map | s/map | recon, blur + backgrounds | recon, all 6 fills |",
+             "|---|---|---:|---:|---:|---:|---:|"]
+    for label, src in (("before", before), ("after", v)):
+        if src is None:
+            continue
+        summ = summarise(src["rows"], list(dict.fromkeys(r["method"] for r in src["rows"])), ranks)
+        for m, x in summ.items():
+            if label == "after" and before is not None and m in ("centre", "recipro", "gradcam"):
+                continue  # deterministic single-pass maps: the same in both runs
+            lines.append(f"| {m} | {label if m in ('decam', 'maskopt') else '-'} | {x['pointing']:.3f} ({sum(r['hit'] for r in src['rows'] if r['method'] == m)}/{x['n']}) "
+                         f"| {x['queries']:.0f} | {x['seconds']:.1f} | {x['recon_in_distribution']:.3f} | {x['recon_all']:.3f} |")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
