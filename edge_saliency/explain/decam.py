@@ -1,12 +1,27 @@
 """DE-CAM (Karatsiolis & Kamilaris): Differential Evolution over a coarse mask, black-box.
 
-Search space: a ``grid x grid`` mask with values in [0, 1], upsampled bicubically (clipped to
-[0, 1]) to the model's input size. Fitness (maximised):
+Search space: a ``grid x grid`` mask with values in [0, 1] (default 5 x 5), upsampled bicubically
+(clipped to [0, 1]) to the model's input size. Fitness (maximised), with the preservation and the
+deletion game (Fong & Vedaldi 2017):
 
-    fitness(m) = p_c(image * up(m)) - sparsity * mean(up(m))
+    fitness(m) = p_c(keep(m)) - deletion * p_c(keep(1 - m)) - sparsity * mean(up(m))
+    keep(m)    = up(m) * image + (1 - up(m)) * fill
 
-with p_c the softmax probability of the target class on the masked image (black outside) and
-mean(up(m)) the mask's area at full resolution (the paper's area/sparsity term).
+with p_c the softmax probability of the target class, ``fill`` a strong Gaussian blur of the
+image (sigma 10 px at 224; ``fill="black"``: zeros, the original formulation) and mean(up(m)) the
+mask's area at full resolution (the paper's area/sparsity term). The deletion term (default
+weight 1; 0 gives the preservation-only fitness at one image per member) asks the mask to hold all
+the evidence, not just a sufficient part, so cells that do not matter are pressed to 0 by the
+area term instead of keeping their random values; the blur removes an object's detail without
+pasting it onto an out-of-distribution black canvas. ``area > 0`` replaces the area term by the
+extremal-perturbation constraint ``area_weight * mean((sort(m) - r_area)^2)`` and
+``relative=True`` divides the class terms by the clean image's probability; both are off (each
+lowered pointing on the tuning split, benchmarks/results/blackbox_pointing.md).
+
+Coarse to fine: after ``refine_from`` (half) of the generations the population is resampled
+bilinearly onto a ``refine x refine`` grid (default 10 x 10) and scored again (that generation's
+queries), and the search goes on there: the coarse grid finds the object in few dimensions, the
+fine one places the mask's peak to a tenth of the image.
 
 Initialisation: member i is ``u_i * d_i`` with ``u_i ~ U(0, 1)^D`` and a density ``d_i`` spread
 evenly over [0.15, 1], so the first population spans sparse to dense masks; member 0 is the
@@ -19,7 +34,8 @@ x_i when its fitness is at least as good (greedy selection). The whole populatio
 one batched classifier call per generation. Deterministic for a given seed.
 
 The map is the **elite average**: the mean upsampled mask of the best ``elite`` fraction of the
-final population (``elite`` = 0: the single best member), min-max normalised to [0, 1]. Averaging
+final population (``elite`` = 0: the single best member), blurred with a Gaussian of ``smooth``
+(0.5) coarse cells, min-max normalised to [0, 1]. Averaging
 the converged elite removes the genes that selection never pressed on (cells that do not change
 the score), which otherwise stay at their random values and make the map noisy.
 
@@ -27,9 +43,9 @@ Seeding: the RNG is seeded with ``seed`` only (not with the image), so a re-run 
 (ADCC's Coherency) draws the same initial population and mutations; differences in the map then
 come from the fitness landscape, not from the random numbers.
 
-With a ``budget``, ``generations`` is capped so that 1 + population * (generations + 1) <= budget;
-``generations=None`` means "as many as the budget allows" (40 without a budget).
-Queries: 1 (clean image) + population * (generations + 1).
+With a ``budget``, ``generations`` is capped so that the queries fit it; ``generations=None`` means
+"as many as the budget allows" (23 without a budget: 1153 queries with the defaults).
+Queries: 1 (clean image) + k * population * (generations + 1), k = 2 with the deletion term, else 1.
 """
 from __future__ import annotations
 
@@ -57,7 +73,7 @@ class DECAMSettings:
     budget: int | None = None  # max forward passes; caps generations
     fill: str = "blur"  # what replaces the masked-out pixels: "blur" (a strong blur of the image) or "black"
     deletion: float = 1.0  # weight of p_c on the deleted image (the mask's pixels filled); 0: preservation only
-    refine: int = 10  # fine grid the search moves to after `refine_from` of the generations (0: none)
+    refine: int = 10  # fine grid the search moves to after `refine_from` of the generations (<= grid: none)
     refine_from: float = 0.5
     smooth: float = 0.5  # Gaussian blur of the final map, sigma in coarse-grid cells (0: none)
     relative: bool = False  # class scores relative to the clean image's (p / p_clean): weak classes weigh the same
@@ -83,8 +99,8 @@ class DECAMSettings:
             raise UserError("DE-CAM's area must be in [0, 1) and its weight >= 0")
         if self.deletion < 0 or self.smooth < 0:
             raise UserError("DE-CAM's deletion weight and smoothing must be >= 0")
-        if self.refine and (self.refine < self.grid or not 0 < self.refine_from < 1):
-            raise UserError("DE-CAM's refine grid must be at least --grid and refine_from in (0, 1)")
+        if self.refine < 0 or not 0 < self.refine_from < 1:
+            raise UserError("DE-CAM's refine grid must be >= 0 (no refinement at or below --grid) and refine_from in (0, 1)")
         if self.budget is not None and self.budget < 1 + self.per_generation:
             raise UserError(f"a query budget of {self.budget} is below DE-CAM's minimum of {1 + self.per_generation} "
                             "(clean image + one population)")
@@ -186,7 +202,7 @@ def explain(classifier: Classifier, image: np.ndarray, class_index: int | None =
     d = g * g
     fill = fill_image(image, s.fill)
     gens = s.planned_generations()
-    switch = int(round(s.refine_from * gens)) if s.refine else -1
+    switch = int(round(s.refine_from * gens)) if s.refine > s.grid else -1
 
     unit = max(p_clean, 1e-6) if s.relative else 1.0
 
