@@ -190,6 +190,11 @@ def run(scenes, methods, budget, full, plain, overrides, keep=0.25, log=print) -
     return rows
 
 
+def _pooled(rows, prefixes) -> float:
+    vals = [v for r in rows for k, v in r["recon"].items() if k.startswith(prefixes)]
+    return float(np.mean(vals)) if vals else float("nan")
+
+
 def summarise(rows, methods, ranks: dict | None = None) -> dict:
     """Pointing over every scene; reconstruction over the scenes whose explained class is also the
     scene's top-1 (``rank`` 0: there "the decision stays" and "the class stays" are the same)."""
@@ -207,7 +212,7 @@ def summarise(rows, methods, ranks: dict | None = None) -> dict:
         out[m] = {"n": len(mine), "pointing": float(np.mean([r["hit"] for r in mine])),
                   "queries": float(np.mean([r["queries"] for r in mine])),
                   "seconds": float(np.mean([r["seconds"] for r in mine])),
-                  "recon_scenes": len(top1), "recon_all": float(np.mean(allv)) if allv else float("nan"), "recon_in_distribution": (fam["blur"] + fam["background"]) / 2,
+                  "recon_scenes": len(top1), "recon_all": float(np.mean(allv)) if allv else float("nan"), "recon_in_distribution": _pooled(top1, ("blur", "background")),
                   "recon_by_fill": fam}
     return out
 
@@ -296,7 +301,8 @@ def table(report: dict, split: str) -> str:
             continue
         summ = summarise(src["rows"], list(dict.fromkeys(r["method"] for r in src["rows"])), ranks)
         for m, x in summ.items():
-            if label == "after" and before is not None and m in ("centre", "recipro", "gradcam"):
+            if label == "after" and before is not None and m not in ("decam", "maskopt") and \
+                    any(r["method"] == m for r in before["rows"]):
                 continue  # deterministic single-pass maps: the same in both runs
             lines.append(f"| {m} | {label if m in ('decam', 'maskopt') else '-'} | {x['pointing']:.3f} ({sum(r['hit'] for r in src['rows'] if r['method'] == m)}/{x['n']}) "
                          f"| {x['queries']:.0f} | {x['seconds']:.1f} | {x['recon_in_distribution']:.3f} | {x['recon_all']:.3f} |")
