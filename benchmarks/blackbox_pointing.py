@@ -167,7 +167,7 @@ def run(scenes, methods, budget, full, plain, overrides, keep=0.25, log=print) -
         others = [o["x"] for o in scenes[k + 1:] + scenes[:k] if o["object"] != sc["object"]][:2]
         fills = {"blur": metrics.blurred(x, 8.0), "noise": np.random.default_rng(sc["seed"]).integers(0, 256, x.shape, dtype=np.uint8),
                  "background0": sc["bg_fills"][0], "background1": sc["bg_fills"][1],
-                 "scene0": others[0], "scene1": others[1]}
+                 **{f"scene{j}": o for j, o in enumerate(others)}}  # fewer than 2 only in tiny runs
         for method in methods:
             t0 = time.perf_counter()
             if method == "centre":
