@@ -144,7 +144,7 @@ def centre_map(size=(56, 56)) -> np.ndarray:
 
 
 def settings_for(method: str, budget: int, seed: int, overrides: dict):
-    from edge_saliency.explain import methods as registry
+    from edge_saliency.explain import registry
 
     s = registry.SETTINGS[method](budget=budget, seed=seed)
     for k, v in overrides.get(method, {}).items():
@@ -155,7 +155,7 @@ def settings_for(method: str, budget: int, seed: int, overrides: dict):
 
 
 def run(scenes, methods, budget, full, plain, overrides, keep=0.25, log=print) -> list[dict]:
-    from edge_saliency.explain import methods as registry
+    from edge_saliency.explain import registry
     from edge_saliency.explain.common import Scorer, SaliencyModelClassifier
     from edge_saliency.quality import metrics
 

@@ -38,7 +38,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from edge_saliency.explain import dataset, dataset_driver  # noqa: E402
-from edge_saliency.explain import methods as registry  # noqa: E402
+from edge_saliency.explain import registry  # noqa: E402
 
 
 def make_images(folder: Path, n: int) -> None:

@@ -27,7 +27,7 @@ class OneLineParser(argparse.ArgumentParser):
 # ---------------------------------------------------------------- main
 # the modules that add a command, and the command each adds
 COMMAND_MODULES = {"edge_saliency.cli.run": "run", "edge_saliency.cli.serve": "serve",
-                   "edge_saliency.cli.bench": "bench", "edge_saliency.explain": "explain"}
+                   "edge_saliency.cli.bench": "bench", "edge_saliency.cli.explain": "explain"}
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,5 +1,5 @@
 """Black-box explainers (DE-CAM, mask optimisation + salient-input reconstruction, RISE) on any
-ONNX classifier, and the `explain` / `eval` commands. No torch.
+ONNX classifier; `explain` / `eval` over a few images (per_image.py) or a dataset (dataset*.py). No torch.
 
     from edge_saliency.explain import decam, maskopt, rise
     from edge_saliency.explain.common import SaliencyModelClassifier
@@ -7,8 +7,3 @@ ONNX classifier, and the `explain` / `eval` commands. No torch.
 """
 from __future__ import annotations
 
-
-def add_parser(sub) -> None:
-    from edge_saliency.explain.cli import add_parser as _add
-
-    _add(sub)

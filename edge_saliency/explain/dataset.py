@@ -309,7 +309,7 @@ class ChunkWorker:
     bytes under ``_npy`` / ``_png``; the driver writes them and drops those keys."""
 
     def __init__(self, job: Job, model_path: str | None = None, opened: tuple | None = None):
-        from edge_saliency.explain import methods as registry
+        from edge_saliency.explain import registry
         from edge_saliency.explain.session import class_index_of, open_classifier
         from edge_saliency.explain.common import Scorer
 
@@ -338,7 +338,7 @@ class ChunkWorker:
         return [x for rid, x in self.job.references if rid != item_id][:4]
 
     def run(self, tasks: list[tuple[Item, list[str]]], blobs: dict[str, bytes] | None = None) -> list[dict]:
-        from edge_saliency.explain.methods import BLACK_BOX
+        from edge_saliency.explain.registry import BLACK_BOX
 
         blobs = blobs or {}
         t_start = time.time()
@@ -743,6 +743,6 @@ def plan(items: list[Item], methods: list[str], done: set, chunk_size: int) -> P
 
 
 def default_chunk_size(methods: list[str]) -> int:
-    from edge_saliency.explain.methods import BLACK_BOX
+    from edge_saliency.explain.registry import BLACK_BOX
 
     return 2 if any(m in BLACK_BOX for m in methods) else 64

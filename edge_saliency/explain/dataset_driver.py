@@ -139,7 +139,7 @@ def summary_means(table, methods: list[str]) -> dict:
 
 def cmd(args, mode: str) -> int:
     """`explain --images ...` and `eval --images ... --out ...`."""
-    from edge_saliency.explain import methods as registry
+    from edge_saliency.explain import registry
     from edge_saliency.explain.session import class_index_of, format_table, method_settings, open_classifier, preprocess
 
     require_pyarrow()

@@ -12,7 +12,7 @@ import cv2
 import numpy as np
 
 from edge_saliency.errors import UserError
-from edge_saliency.explain import methods as registry
+from edge_saliency.explain import registry
 from edge_saliency.explain.common import OnnxClassifier, SaliencyModelClassifier
 from edge_saliency.quality import metrics
 

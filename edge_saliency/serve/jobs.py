@@ -37,7 +37,7 @@ OUTPUT_OF = {"smoe": "smoe", "recipro": "recipro_cam", "fastcam": None}
 def black_box_methods() -> dict:
     """name -> (module with explain(classifier, image, class_index, settings), settings class); {} if absent."""
     try:
-        from edge_saliency.explain.methods import BLACK_BOX, SETTINGS
+        from edge_saliency.explain.registry import BLACK_BOX, SETTINGS
     except ImportError:
         return {}
     return {name: (mod, SETTINGS[name]) for name, mod in BLACK_BOX.items()}

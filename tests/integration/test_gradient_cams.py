@@ -64,7 +64,7 @@ def test_exported_gradient_cams_equal_autograd(all_methods_onnx, photo):
 
 
 def test_eval_reads_exported_gradient_cams(all_methods_onnx):
-    from edge_saliency.explain import methods as registry
+    from edge_saliency.explain import registry
     from edge_saliency.runtime.model import SaliencyModel
 
     m = SaliencyModel(all_methods_onnx, provider="cpu")
