@@ -92,15 +92,7 @@ def _flat_scaled(gw, a, channels, clamp, eps, ratio_min=1.0, largest=8):
     mean_w = np.full((1, channels), 1.0 / (channels * k), dtype=np.float32)
     m = gw.op("MatMul", [gw.const(mean_w, "smoe_mean_w"), x], "smoe_mean")  # [N, 1, P]: m / k
     r = gw.op("Mul", [x, gw.op("Reciprocal", [m], "smoe_inv_mean")], "smoe_ratio")  # k r
-    p, c = r, channels
-    for _ in range(int(math.log2(g))):
-        half = c // 2
-        lo = gw.op("Slice", [p, gw.ints([0], "s0"), gw.ints([half], "s_half"), gw.ints([1], "axis1")], "smoe_lo")
-        hi = gw.op("Slice", [p, gw.ints([half], "s_half"), gw.ints([c], "s_end"), gw.ints([1], "axis1")], "smoe_hi")
-        p, c = gw.op("Mul", [lo, hi], "smoe_prod"), half
-    if c != channels:
-        p = gw.op("Max", [p, gw.const(np.float32(smoe.PRODUCT_MIN), "product_min")], "smoe_prod_safe")
-    log_p = gw.op("Log", [p], "smoe_log")
+    log_p, c = smoe.log_of_products(gw, r, channels, g)
     # stat = m (-mean log2 r) = (m/k) (k e - k mean log2 (k r))
     sum_w = np.full((1, c), -k / (channels * math.log(2.0)), dtype=np.float32)
     t = gw.op("MatMul", [gw.const(sum_w, "smoe_logmean_w"), log_p], "smoe_neg_mean_log2")
@@ -117,15 +109,8 @@ def _scale_4d(gw, a, channels, size, clamp, eps, ratio_min=1.0):
     x = gw.op("Add", [a, gw.const(np.float32(eps), "smoe_eps")], "smoe_x")
     m = gw.reduce("ReduceMean", x, [1], hint="smoe_mean")
     r = gw.op("Mul", [x, gw.op("Reciprocal", [m], "smoe_inv_mean")], "smoe_ratio")
-    p, c = r, channels
-    for _ in range(int(math.log2(smoe.group_size(channels, ratio_min)))):
-        half = c // 2
-        lo = gw.op("Slice", [p, gw.ints([0], "s0"), gw.ints([half], "s_half"), gw.ints([1], "axis1")], "smoe_lo")
-        hi = gw.op("Slice", [p, gw.ints([half], "s_half"), gw.ints([c], "s_end"), gw.ints([1], "axis1")], "smoe_hi")
-        p, c = gw.op("Mul", [lo, hi], "smoe_prod"), half
-    if c != channels:
-        p = gw.op("Max", [p, gw.const(np.float32(smoe.PRODUCT_MIN), "product_min")], "smoe_prod_safe")
-    s = gw.reduce("ReduceSum", gw.op("Log", [p], "smoe_log"), [1], hint="smoe_sum_log")
+    log_p, c = smoe.log_of_products(gw, r, channels, smoe.group_size(channels, ratio_min))
+    s = gw.reduce("ReduceSum", log_p, [1], hint="smoe_sum_log")
     t = gw.op("Mul", [s, gw.const(np.float32(-1.0 / (channels * math.log(2.0))), "smoe_logmean_w")], "smoe_neg_mean_log2")
     return gw.op("Mul", [m, t], "smoe_stat")
 

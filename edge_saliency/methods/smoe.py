@@ -63,6 +63,20 @@ def smoe_scale(gw, a: str, channels: int, size: tuple[int, int], clamp: bool, ep
     return gw.reshape(smoe_scale_flat(gw, a, channels, clamp, eps, ratio_min), [0, 1, *size], "smoe")
 
 
+def log_of_products(gw, r: str, channels: int, group: int) -> tuple[str, int]:
+    """Log of the products of `group` channel ratios (axis 1 halved log2(group) times: one Log per
+    group instead of per channel; kept >= PRODUCT_MIN where a group could underflow) -> (log, C/group)."""
+    p, c = r, channels
+    for _ in range(int(math.log2(group))):
+        half = c // 2
+        lo = gw.op("Slice", [p, gw.ints([0], "s0"), gw.ints([half], "s_half"), gw.ints([1], "axis1")], "smoe_lo")
+        hi = gw.op("Slice", [p, gw.ints([half], "s_half"), gw.ints([c], "s_end"), gw.ints([1], "axis1")], "smoe_hi")
+        p, c = gw.op("Mul", [lo, hi], "smoe_prod"), half
+    if c != channels:
+        p = gw.op("Max", [p, gw.const(np.float32(PRODUCT_MIN), "product_min")], "smoe_prod_safe")
+    return gw.op("Log", [p], "smoe_log"), c
+
+
 def smoe_scale_flat(gw, a: str, channels: int, clamp: bool, eps: float, ratio_min: float = 1.0) -> str:
     """[N, C, H, W] -> [N, 1, H*W] SMOE Scale statistic. Channel means are MatMuls over
     [N, C, H*W] (measured against 1x1 Convs and ReduceMean in benchmarks/results/saliency_overhead.md:
@@ -73,15 +87,7 @@ def smoe_scale_flat(gw, a: str, channels: int, clamp: bool, eps: float, ratio_mi
     mean_w = np.full((1, channels), 1.0 / channels, dtype=np.float32)
     m = gw.op("MatMul", [gw.const(mean_w, "smoe_mean_w"), x], "smoe_mean")  # [N, 1, P]
     r = gw.op("Mul", [x, gw.op("Reciprocal", [m], "smoe_inv_mean")], "smoe_ratio")
-    p, c = r, channels
-    for _ in range(int(math.log2(group_size(channels, ratio_min)))):
-        half = c // 2
-        lo = gw.op("Slice", [p, gw.ints([0], "s0"), gw.ints([half], "s_half"), gw.ints([1], "axis1")], "smoe_lo")
-        hi = gw.op("Slice", [p, gw.ints([half], "s_half"), gw.ints([c], "s_end"), gw.ints([1], "axis1")], "smoe_hi")
-        p, c = gw.op("Mul", [lo, hi], "smoe_prod"), half
-    if c != channels:
-        p = gw.op("Max", [p, gw.const(np.float32(PRODUCT_MIN), "product_min")], "smoe_prod_safe")
-    log_p = gw.op("Log", [p], "smoe_log")
+    log_p, c = log_of_products(gw, r, channels, group_size(channels, ratio_min))
     sum_w = np.full((1, c), -1.0 / (channels * math.log(2.0)), dtype=np.float32)
     neg_mean_log2 = gw.op("MatMul", [gw.const(sum_w, "smoe_logmean_w"), log_p], "smoe_neg_mean_log2")
     return gw.op("Mul", [m, neg_mean_log2], "smoe_flat_stat")
