@@ -115,8 +115,9 @@ def prune_to_plain(src: Path, out: Path) -> None:
     os.replace(tmp, out)
 
 
-def variant_file(src: Path, precision: str, plain: bool, cache: Path, log) -> Path:
-    """fp32 file -> the file of (precision, plain), made in ``cache`` on first use."""
+def variant_file(src: Path, precision: str, plain: bool, cache: Path, log, made: list | None = None) -> Path:
+    """fp32 file -> the file of (precision, plain), made in ``cache`` on first use (its precision
+    then appended to ``made``)."""
     if precision == "fp32" and not plain:
         return src
     cache.mkdir(parents=True, exist_ok=True)
@@ -131,6 +132,8 @@ def variant_file(src: Path, precision: str, plain: bool, cache: Path, log) -> Pa
                 raise RuntimeError(f"making {precision} needs the onnx package ({exc.name} missing)") from exc
             log(f"making the {precision} variant of {src.name} in {cache}")
             convert(src, base, precision, log=lambda m: None)
+            if made is not None:
+                made.append(precision)
     if not plain:
         return base
     out = cache / f"{tag}.{precision}.plain.onnx"
@@ -361,6 +364,13 @@ def measure(variants: list[Variant], frame: np.ndarray, runs: int, warmup: int, 
             run_once(v, frame, proc)
         if progress:
             progress.update(i + 1)
+    return memory(proc)
+
+
+def memory(proc) -> dict:
+    """{"rss": bytes now, with every variant loaded; "peak": the process's high-water mark}: the peak
+    also holds the making of variants in this run (int8 calibration keeps every activation of its
+    images: gigabytes), which a device that is given the files never pays."""
     peak = getattr(proc.memory_info(), "peak_wset", None)
     try:
         import resource
@@ -368,7 +378,7 @@ def measure(variants: list[Variant], frame: np.ndarray, runs: int, warmup: int, 
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024)
     except ImportError:
         pass
-    return peak
+    return {"rss": proc.memory_info().rss, "peak": peak}
 
 
 def summarise(variants: list[Variant]) -> list[dict]:
@@ -581,11 +591,12 @@ def run_bench(args, default_model) -> int:
     available = ort.get_available_providers()
     variants, skipped = plan(args, available, can_make)
     cache = Path(args.cache) if args.cache else cache_dir() / "bench"
+    made: list[str] = []
     for v in variants:
         if v.status != "ok":
             continue
         try:
-            v.path = variant_file(src, v.precision, v.plain, cache, log)
+            v.path = variant_file(src, v.precision, v.plain, cache, log, made)
         except Exception as exc:
             v.status = f"error: {str(exc).splitlines()[0][:120]}"
     import cv2
@@ -601,7 +612,7 @@ def run_bench(args, default_model) -> int:
         f"({FRAME_SIZE[1]}x{FRAME_SIZE[0]} frame), intra-op spinning off")
     progress = Progress(args.runs, "bench", force=args.progress)
     t0 = time.perf_counter()
-    peak = measure(variants, frame, args.runs, args.warmup, progress, gpu)
+    mem = measure(variants, frame, args.runs, args.warmup, progress, gpu)
     batch_runs = 0
     if args.batch:
         batch_runs = max(5, -(-args.runs // args.batch))
@@ -636,14 +647,17 @@ def run_bench(args, default_model) -> int:
     for r in rows:
         if r.get("note"):
             print(f"{r['variant']}: {r['note']}")
-    if peak:
-        print(f"process peak RSS: {peak / 1e6:.0f} MB (all variants loaded together)")
+    rss, peak = mem["rss"], mem["peak"]
+    print(f"RSS with all variants loaded: {rss / 1e6:.0f} MB" + (
+        f" (process peak {peak / 1e6:.0f} MB while making variants: {', '.join(made)})" if made and peak and peak > 1.5 * rss
+        else f" (process peak {peak / 1e6:.0f} MB)" if peak else ""))
     report = {
         "command": "edge-saliency " + " ".join(sys.argv[2:]) if sys.argv[1:2] == ["bench"] else " ".join(sys.argv),
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "model": str(src),
         "device": device, "runs": args.runs, "warmup": args.warmup, "frame_size": list(FRAME_SIZE),
         "schedule": "round robin, one frame per variant per round, session.intra_op.allow_spinning=0",
-        "seconds": time.perf_counter() - t0, "peak_rss_mb": peak / 1e6 if peak else None,
+        "seconds": time.perf_counter() - t0, "rss_mb": mem["rss"] / 1e6,
+        "peak_rss_mb": mem["peak"] / 1e6 if mem["peak"] else None, "variants_made_here": made,
         "variants": rows, "skipped": skipped, "table": text,
         "accuracy": {"reference": reference, "images": ACCURACY_IMAGES} if reference else None,
         "batch": {"size": args.batch, "runs": batch_runs} if args.batch else None,
