@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from edge_saliency.pipeline.capture import Capture
-from edge_saliency.pipeline.frame_loop import FrameLoop, Sink, StopSignal
+from edge_saliency.pipeline.frame_loop import FrameLoop, Sink
 from edge_saliency.pipeline.sources import EndOfStream, SyntheticSource, read_stamp
 from edge_saliency.runtime.model import Result
 
