@@ -28,6 +28,7 @@ def photo(name: str) -> np.ndarray:
     rgb = getattr(skimage.data, name)()
     if rgb.ndim == 2:
         rgb = np.stack([rgb] * 3, axis=-1)
+    rgb = rgb[:, :, :3]  # RGBA photographs (the logo): drop the alpha channel
     return np.ascontiguousarray(rgb[:, :, ::-1])
 
 
