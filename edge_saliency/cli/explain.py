@@ -60,7 +60,11 @@ def _common(p) -> None:
     p.add_argument("--seed", type=int, default=0, help="random seed of the black-box methods (default: %(default)s)")
     p.add_argument("--grid", type=int, help="coarse mask grid of decam/maskopt/rise (default 5, refined to 10 halfway, for decam/maskopt; rise 7)")
     p.add_argument("--population", type=int, help="decam: population size (default 24)")
-    p.add_argument("--generations", type=int, help="decam: generations (default: as many as --budget allows, else 23)")
+    p.add_argument("--generations", type=int, help="decam: generations (default: as many as --budget allows, else 1200 queries)")
+    p.add_argument("--de-strategy", choices=["current-to-pbest/1", "rand/1"],
+                   help="decam: DE mutation (default current-to-pbest/1; rand/1: classic DE)")
+    p.add_argument("--no-prune", dest="prune", action="store_const", const=False,
+                   help="decam: skip the final knock-out of cells that do not matter (saves 100-200 queries)")
     p.add_argument("--de-f", type=float, help="decam: differential weight F (default 0.5)")
     p.add_argument("--de-cr", type=float, help="decam: crossover rate CR (default 0.7)")
     p.add_argument("--sparsity", type=float, help="decam/maskopt: weight of the mask-size penalty (default 1.0)")

@@ -27,25 +27,37 @@ Initialisation: member i is ``u_i * d_i`` with ``u_i ~ U(0, 1)^D`` and a density
 evenly over [0.15, 1], so the first population spans sparse to dense masks; member 0 is the
 all-ones mask (the clean image), which keeps a high-scoring member from the start.
 
-Strategy: classic **DE/rand/1/bin** (Storn & Price): for each member x_i pick three other
-distinct members r1, r2, r3, mutant v = clip(x_r1 + F * (x_r2 - x_r3), 0, 1); binomial crossover
-takes each gene from v with probability CR (and at least one gene, j_rand); the trial replaces
-x_i when its fitness is at least as good (greedy selection). The whole population's trials are
-one batched classifier call per generation. Deterministic for a given seed.
+Strategy: **DE/current-to-pbest/1/bin** (JADE's mutation, Zhang & Sanderson 2009, without its
+parameter adaptation and archive): for each member x_i draw x_pbest from the best ``pbest`` (20 %)
+of the population and two other distinct members r1, r2; mutant
+v = clip(x_i + F (x_pbest - x_i) + F (x_r1 - x_r2), 0, 1). ``strategy="rand/1"`` is classic
+DE/rand/1/bin (Storn & Price: v = clip(x_r1 + F (x_r2 - x_r3), 0, 1)), the default until
+2026-12-02: with ~20 generations it hardly converges. Binomial crossover takes each gene from v
+with probability CR (and at least one gene, j_rand); the trial replaces x_i when its fitness is at
+least as good (greedy selection). The whole population's trials are one batched classifier call
+per generation. Deterministic for a given seed.
+
+Knock-out (``prune``, on; skipped when the budget cannot hold it and one generation): after the search, each cell of the best member is set to 0 in turn and
+all the variants are scored in one call (grid^2 members: 100 on the 10 x 10 grid, 200 queries with
+the deletion term); a cell whose knock-out does not lower the fitness does not matter to the class,
+and is zeroed in the map. Selection alone leaves such cells at whatever value they were drawn with
+(their share of the area term is a hundredth, below the class terms' differences between members),
+and one of them at the border was often the map's maximum (benchmarks/results/blackbox_pointing.md).
 
 The map is the **elite average**: the mean upsampled mask of the best ``elite`` fraction of the
-final population (``elite`` = 0: the single best member), blurred with a Gaussian of ``smooth``
-(0.5) coarse cells, min-max normalised to [0, 1]. Averaging
-the converged elite removes the genes that selection never pressed on (cells that do not change
-the score), which otherwise stay at their random values and make the map noisy.
+final population (``elite`` = 0: the single best member) times the knock-out's keep mask (cells
+that matter, bilinearly upsampled), blurred with a Gaussian of ``smooth`` (0.5) coarse cells,
+min-max normalised to [0, 1].
 
 Seeding: the RNG is seeded with ``seed`` only (not with the image), so a re-run on ``image * map``
 (ADCC's Coherency) draws the same initial population and mutations; differences in the map then
 come from the fitness landscape, not from the random numbers.
 
 With a ``budget``, ``generations`` is capped so that the queries fit it; ``generations=None`` means
-"as many as the budget allows" (23 without a budget: 1153 queries with the defaults).
-Queries: 1 (clean image) + k * population * (generations + 1), k = 2 with the deletion term, else 1.
+"as many as the budget allows" (without a budget: DEFAULT_QUERIES, 1200; 19 generations and 1161
+queries with the defaults).
+Queries: 1 (clean image) + k * population * (generations + 1) + k * refine^2 (the knock-out), k = 2
+with the deletion term, else 1.
 """
 from __future__ import annotations
 
@@ -64,7 +76,7 @@ from edge_saliency.explain.common import (BudgetExhausted, Classifier, apply_mas
 class DECAMSettings:
     grid: int = 5
     population: int = 24
-    generations: int | None = None  # None: fill the budget (23 without one: 1153 queries)
+    generations: int | None = None  # None: fill the budget (DEFAULT_QUERIES without one: 19, 1161 queries)
     F: float = 0.5
     CR: float = 0.7
     sparsity: float = 1.0
@@ -79,6 +91,9 @@ class DECAMSettings:
     relative: bool = False  # class scores relative to the clean image's (p / p_clean): weak classes weigh the same
     area: float = 0.0  # extremal-perturbation area constraint: target kept fraction of the cells (0: off)
     area_weight: float = 2.0  # weight of the constraint's penalty mean((sort(m) - r_area)^2)
+    strategy: str = "current-to-pbest/1"  # DE mutation: "rand/1" (Storn & Price) or "current-to-pbest/1" (JADE, Zhang & Sanderson)
+    pbest: float = 0.2  # current-to-pbest: the best fraction of the population one is drawn from
+    prune: bool = True  # after the search, knock out each cell of the best member once; zero those that do not matter
 
     def check(self) -> None:
         if self.grid < 1:
@@ -93,6 +108,10 @@ class DECAMSettings:
             raise UserError("DE's F must be in (0, 2]")
         if not 0 <= self.CR <= 1:
             raise UserError("DE's CR must be in [0, 1]")
+        if self.strategy not in STRATEGIES:
+            raise UserError(f"DE-CAM's strategy must be one of {', '.join(STRATEGIES)}, not {self.strategy!r}")
+        if not 0 < self.pbest <= 1:
+            raise UserError("DE-CAM's pbest fraction must be in (0, 1]")
         if self.fill not in FILLS:
             raise UserError(f"DE-CAM's fill must be one of {', '.join(FILLS)}, not {self.fill!r}")
         if not 0 <= self.area < 1 or self.area_weight < 0:
@@ -110,18 +129,32 @@ class DECAMSettings:
         """Queries per scored population: each member's preserved image (and its deleted one)."""
         return self.population * (2 if self.deletion > 0 else 1)
 
+    @property
+    def prune_queries(self) -> int:
+        """Queries of the knock-out step: one variant of the best member per cell of the final grid."""
+        if not self.prune:
+            return 0
+        queries = max(self.grid, self.refine) ** 2 * (2 if self.deletion > 0 else 1)
+        if self.budget is not None and self.budget < 1 + 2 * self.per_generation + queries:
+            return 0  # a budget too small for it and one generation: no knock-out (info "pruned_cells": None)
+        return queries
+
     def planned_generations(self) -> int:
-        gens = 23 if self.generations is None and self.budget is None else self.generations
-        if self.budget is not None:
-            fit = (self.budget - 1 - self.per_generation) // self.per_generation
+        """``generations``, capped by the budget; with neither, as many as fit in DEFAULT_QUERIES."""
+        gens = self.generations
+        budget = self.budget if self.budget is not None or gens is not None else DEFAULT_QUERIES
+        if budget is not None:
+            fit = (budget - 1 - self.per_generation - self.prune_queries) // self.per_generation
             gens = fit if gens is None else min(gens, fit)
-        return int(gens)
+        return int(max(gens, 0))
 
     def planned_queries(self) -> int:
-        return 1 + self.per_generation * (self.planned_generations() + 1)
+        return 1 + self.per_generation * (self.planned_generations() + 1) + self.prune_queries
 
 
+DEFAULT_QUERIES = 1200  # what a map costs when neither --budget nor --generations is given
 FILLS = ("black", "blur")
+STRATEGIES = ("rand/1", "current-to-pbest/1")
 
 
 def fill_image(image: np.ndarray, fill: str) -> np.ndarray | None:
@@ -190,6 +223,33 @@ def de_rand_1_bin(pop: np.ndarray, F: float, CR: float, rng: np.random.Generator
     return np.where(cross, mutant, pop)
 
 
+def de_current_to_pbest_1_bin(pop: np.ndarray, fit: np.ndarray, F: float, CR: float, p: float,
+                              rng: np.random.Generator) -> np.ndarray:
+    """One generation of DE/current-to-pbest/1/bin trial vectors (JADE without its parameter
+    adaptation and archive): v_i = x_i + F (x_pbest - x_i) + F (x_r1 - x_r2), x_pbest drawn from the
+    best ``p`` fraction (at least 2 members) by ``fit``, r1 != r2 != i; clipped to [0, 1]; binomial
+    crossover as in rand/1/bin."""
+    n, d = pop.shape
+    top = np.argsort(-fit, kind="stable")[:max(2, int(round(p * n)))]
+    pb = rng.choice(top, size=n)
+    r = _mutation_indices(rng, n)
+    mutant = np.clip(pop + F * (pop[pb] - pop) + F * (pop[r[:, 0]] - pop[r[:, 1]]), 0.0, 1.0)
+    cross = rng.random((n, d)) < CR
+    cross[np.arange(n), rng.integers(0, d, size=n)] = True
+    return np.where(cross, mutant, pop)
+
+
+def knock_out(best: np.ndarray, best_fit: float, fitness) -> np.ndarray:
+    """The memetic step: ``best`` [D] with each cell set to 0 in turn, all D variants scored in one
+    call; a cell whose knock-out does not lower the fitness (the area term then raises it) does not
+    matter to the class. Returns a bool [D], True where the cell is pruned (a cell already at 0 scores
+    the same and is marked pruned: it is 0 in the map anyway)."""
+    d = best.size
+    variants = np.repeat(best[None], d, axis=0)
+    variants[np.arange(d), np.arange(d)] = 0.0
+    return fitness(variants) >= best_fit
+
+
 def explain(classifier: Classifier, image: np.ndarray, class_index: int | None = None,
             settings: DECAMSettings | None = None, progress: bool | None = None, batch_size: int | None = None):
     s = settings or DECAMSettings()
@@ -220,6 +280,7 @@ def explain(classifier: Classifier, image: np.ndarray, class_index: int | None =
         return score / unit - prior, score
 
     pop = initial_population(rng, s.population, d)
+    pruned = None  # cells the knock-out step found not to matter (bool [d]), when it ran
     interrupted = False
     history = []
     fit = score = None
@@ -235,11 +296,16 @@ def explain(classifier: Classifier, image: np.ndarray, class_index: int | None =
                 fit, score = fitness(pop)
                 history.append(float(fit.max()))
                 continue
-            trial = de_rand_1_bin(pop, s.F, s.CR, rng)
+            if s.strategy == "rand/1":
+                trial = de_rand_1_bin(pop, s.F, s.CR, rng)
+            else:
+                trial = de_current_to_pbest_1_bin(pop, fit, s.F, s.CR, s.pbest, rng)
             tfit, tscore = fitness(trial)
             better = tfit >= fit
             pop[better], fit[better], score[better] = trial[better], tfit[better], tscore[better]
             history.append(float(fit.max()))
+        if s.prune_queries and fit is not None:
+            pruned = knock_out(pop[int(np.argmax(fit))], float(fit.max()), lambda m: fitness(m)[0])
     except KeyboardInterrupt:
         interrupted = True
     except BudgetExhausted:
@@ -256,14 +322,18 @@ def explain(classifier: Classifier, image: np.ndarray, class_index: int | None =
         mask = upsample(best.reshape(g, g), size)
     else:
         mask = elite_average(upsample(pop.reshape(-1, g, g), size), fit, s.elite)
+    if pruned is not None and pruned.size == g * g:
+        keep = upsample((~pruned).reshape(g, g).astype(np.float64), size, smooth=False)
+        mask = mask * keep
     mask = smooth_map(mask, s.smooth, s.grid)
     info = {"settings": {k: getattr(s, k) for k in ("grid", "population", "generations", "F", "CR", "sparsity", "elite",
                                                     "seed", "budget", "fill", "deletion", "refine", "refine_from",
-                                                    "smooth", "relative", "area", "area_weight")},
-            "strategy": "DE/rand/1/bin", "map": "elite average" if s.elite > 0 else "best member",
+                                                    "smooth", "relative", "area", "area_weight", "strategy", "pbest", "prune")},
+            "strategy": f"DE/{s.strategy}/bin", "map": "elite average" if s.elite > 0 else "best member",
             "generations_run": max(0, len(history) - 1),
             "refined_at": switch + 1 if 0 <= switch < len(history) - 1 else None,  # index in fitness_history
             "best_fitness": best_fit, "best_masked_score": best_score, "best_mask_mean": float(best.mean()),
-            "fitness_history": history, "clean_score": p_clean}
+            "fitness_history": history, "clean_score": p_clean,
+            "pruned_cells": None if pruned is None else int(pruned.sum())}
     return make_explanation(classifier, "decam", minmax(mask), cls, probs, scorer, time.perf_counter() - t0,
                             interrupted, info)

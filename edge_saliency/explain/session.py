@@ -89,7 +89,8 @@ def method_settings(args, names: list[str]) -> dict:
         for flag, field in (("grid", "grid"), ("population", "population"), ("generations", "generations"),
                             ("de_f", "F"), ("de_cr", "CR"), ("sparsity", "sparsity"), ("masks", "masks"),
                             ("opt_steps", "steps"), ("pairs", "pairs"), ("keep", "keep"),
-                            ("fill", "fill"), ("refine", "refine")):
+                            ("fill", "fill"), ("refine", "refine"), ("de_strategy", "strategy"),
+                            ("prune", "prune")):
             v = getattr(args, flag, None)
             if v is not None and hasattr(st, field):
                 st = replace(st, **{field: v})

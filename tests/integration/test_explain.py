@@ -64,9 +64,51 @@ def test_de_rand_1_bin_mutation_indices_and_crossover():
     np.testing.assert_allclose(trial, np.clip(pop[r[:, 0]] + 0.5 * (pop[r[:, 1]] - pop[r[:, 2]]), 0, 1))
 
 
+def test_de_current_to_pbest_1_bin_moves_towards_the_best_members():
+    pop = np.random.default_rng(1).random((10, 6))
+    fit = np.arange(10.0)  # members 9 and 8 are the best fifth (at least 2)
+    trial = decam.de_current_to_pbest_1_bin(pop, fit, 0.5, 0.0, 0.2, np.random.default_rng(2))
+    assert ((trial != pop).sum(axis=1) == 1).all()  # CR = 0: only the forced gene j_rand
+    rng_a, rng_b = np.random.default_rng(3), np.random.default_rng(3)
+    trial = decam.de_current_to_pbest_1_bin(pop, fit, 0.5, 1.0, 0.2, rng_a)
+    pb = rng_b.choice(np.array([9, 8]), size=10)
+    r = decam._mutation_indices(rng_b, 10)
+    expected = np.clip(pop + 0.5 * (pop[pb] - pop) + 0.5 * (pop[r[:, 0]] - pop[r[:, 1]]), 0, 1)
+    np.testing.assert_allclose(trial, expected)
+    with pytest.raises(UserError, match=r"^DE-CAM's strategy must be one of rand/1, current-to-pbest/1, not 'best/2'$"):
+        decam.DECAMSettings(strategy="best/2").check()
+
+
+def test_knock_out_prunes_the_cells_the_fitness_does_not_need():
+    def fitness(members):  # only cells 0 and 3 carry the class; the area term rewards every zero
+        return members[:, 0] + members[:, 3] - 0.1 * members.mean(axis=1)
+
+    best = np.array([1.0, 0.7, 0.0, 0.9, 0.4])
+    pruned = decam.knock_out(best, float(fitness(best[None])[0]), fitness)
+    assert pruned.tolist() == [False, True, True, False, True]
+
+
+def test_decam_prune_reserves_its_queries_and_zeroes_cells_outside_the_evidence():
+    s = decam.DECAMSettings(grid=4, refine=0, population=8, budget=200, seed=2, fill="black", prune=True)
+    assert s.prune_queries == 2 * 16 and s.planned_queries() <= 200
+    clf = BoxClassifier()
+    r = decam.explain(clf, toy_image(), settings=s, progress=False)
+    assert r.queries == s.planned_queries() == sum(clf.batch_sizes) and clf.batch_sizes[-1] == 32
+    assert 0 < r.info["pruned_cells"] < 16
+    inside, outside = inside_outside(r.saliency)
+    assert inside > outside + 0.3
+    plain = decam.explain(BoxClassifier(), toy_image(), settings=decam.DECAMSettings(
+        grid=4, refine=0, population=8, budget=200, seed=2, fill="black", prune=False), progress=False)
+    assert inside_outside(plain.saliency)[1] > outside  # the pruned map is cleaner outside the box
+    small = decam.DECAMSettings(grid=4, population=8, budget=100, prune=True)  # 1 + 2 * 16 + 200 > 100
+    assert small.prune_queries == 0 and small.planned_queries() <= 100
+    r = decam.explain(BoxClassifier(), toy_image(), settings=small, progress=False)
+    assert r.info["pruned_cells"] is None and r.queries <= 100
+
+
 def test_decam_finds_the_box_deterministically_with_one_call_per_generation():
     # BoxClassifier's evidence is brightness, which a blur keeps: these toy tests fill with black
-    s = decam.DECAMSettings(grid=4, population=16, generations=25, seed=7, fill="black")
+    s = decam.DECAMSettings(grid=4, population=16, generations=25, seed=7, fill="black", prune=False)
     clf = BoxClassifier()
     a = decam.explain(clf, toy_image(), settings=s, progress=False)
     assert isinstance(a, Explanation) and isinstance(a, Result)
@@ -78,7 +120,7 @@ def test_decam_finds_the_box_deterministically_with_one_call_per_generation():
     b = decam.explain(BoxClassifier(), toy_image(), settings=s, progress=False)
     np.testing.assert_array_equal(a.saliency, b.saliency)
     c = decam.explain(BoxClassifier(), toy_image(), settings=decam.DECAMSettings(grid=4, population=16, generations=25, seed=8,
-                                                                                 fill="black"), progress=False)
+                                                                                 fill="black", prune=False), progress=False)
     assert not np.array_equal(a.saliency, c.saliency)
     h, k = a.info["fitness_history"], a.info["refined_at"]
     assert k == 13  # generation 12 of 25 moves the population to the 10 x 10 grid (scored again)
