@@ -2,8 +2,8 @@
 Grad-CAM on composite scenes with known object boxes, split into a tuning set and a held-out set.
 
 Scenes (448 x 448, made in code from scikit-image's photographs, nothing downloaded): one object
-crop (chelsea's cat -> "Egyptian cat", coffee's cup -> "espresso", rocket's shuttle -> "space
-shuttle", camera's cameraman -> "tripod"; scene i shows object i mod 4) at a random scale (longer side 22-40 % of the scene) and
+crop (chelsea's cat -> "Egyptian cat", coffee's cup -> "espresso", scikit-image's logo, a round
+disc, -> "pick", camera's cameraman -> "tripod"; scene i shows object i mod 4) at a random scale (longer side 22-40 % of the scene) and
 position on a random crop of one of 7 backgrounds (grass, brick, gravel, moon with a random tint;
 hubble_deep_field, immunohistochemistry, coins; not astronaut, whose photograph shows a shuttle); in half of the scenes a second,
 smaller object of another class (a distractor) is pasted where it does not overlap the first.
@@ -55,12 +55,16 @@ SIZE = 448
 OBJECTS = {
     "cat": ("chelsea", (0, 300, 60, 420), "Egyptian cat"),
     "cup": ("coffee", (10, 390, 40, 520), "espresso"),
-    "shuttle": ("rocket", (50, 400, 250, 400), "space shuttle"),
+    "pick": ("logo", (0, 500, 0, 500), "pick"),
     "tripod": ("camera", (40, 480, 120, 420), "tripod"),
 }
 BACKGROUNDS = ("grass", "brick", "gravel", "moon", "hubble_deep_field", "immunohistochemistry", "coins")
 GREY = ("grass", "brick", "gravel", "moon")
-SPLITS = {"tuning": 1000, "heldout": 5000}
+# The held-out split was 5000.. with a shuttle (rocket's) as the third object until 2026-12-02: the
+# model never ranks "space shuttle" in its top 5 for that crop (0 of 40 draws at 22-40 %, 2 of 40 at
+# 45-60 %), so 4 of its 24 scenes had no evidence to find. The logo ("pick": top 5 in 30 of 40
+# draws) replaced it, and the held-out split moved to seeds nobody had looked at.
+SPLITS = {"tuning": 1000, "heldout": 9000}
 RESULTS = ROOT / "benchmarks" / "results"
 
 
