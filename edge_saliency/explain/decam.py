@@ -213,14 +213,20 @@ def _mutation_indices(rng: np.random.Generator, n: int) -> np.ndarray:
     return out
 
 
-def de_rand_1_bin(pop: np.ndarray, F: float, CR: float, rng: np.random.Generator) -> np.ndarray:
-    """One generation of DE/rand/1/bin trial vectors for ``pop`` [N, D] in [0, 1]."""
+def binomial_crossover(pop: np.ndarray, mutant: np.ndarray, CR: float, rng: np.random.Generator) -> np.ndarray:
+    """Each gene from ``mutant`` with probability CR, and at least one (j_rand), else from ``pop``."""
     n, d = pop.shape
-    r = _mutation_indices(rng, n)
-    mutant = np.clip(pop[r[:, 0]] + F * (pop[r[:, 1]] - pop[r[:, 2]]), 0.0, 1.0)
     cross = rng.random((n, d)) < CR
     cross[np.arange(n), rng.integers(0, d, size=n)] = True
     return np.where(cross, mutant, pop)
+
+
+def de_rand_1_bin(pop: np.ndarray, F: float, CR: float, rng: np.random.Generator) -> np.ndarray:
+    """One generation of DE/rand/1/bin trial vectors for ``pop`` [N, D] in [0, 1]."""
+    n = len(pop)
+    r = _mutation_indices(rng, n)
+    mutant = np.clip(pop[r[:, 0]] + F * (pop[r[:, 1]] - pop[r[:, 2]]), 0.0, 1.0)
+    return binomial_crossover(pop, mutant, CR, rng)
 
 
 def de_current_to_pbest_1_bin(pop: np.ndarray, fit: np.ndarray, F: float, CR: float, p: float,
@@ -229,14 +235,12 @@ def de_current_to_pbest_1_bin(pop: np.ndarray, fit: np.ndarray, F: float, CR: fl
     adaptation and archive): v_i = x_i + F (x_pbest - x_i) + F (x_r1 - x_r2), x_pbest drawn from the
     best ``p`` fraction (at least 2 members) by ``fit``, r1 != r2 != i; clipped to [0, 1]; binomial
     crossover as in rand/1/bin."""
-    n, d = pop.shape
+    n = len(pop)
     top = np.argsort(-fit, kind="stable")[:max(2, int(round(p * n)))]
     pb = rng.choice(top, size=n)
     r = _mutation_indices(rng, n)
     mutant = np.clip(pop + F * (pop[pb] - pop) + F * (pop[r[:, 0]] - pop[r[:, 1]]), 0.0, 1.0)
-    cross = rng.random((n, d)) < CR
-    cross[np.arange(n), rng.integers(0, d, size=n)] = True
-    return np.where(cross, mutant, pop)
+    return binomial_crossover(pop, mutant, CR, rng)
 
 
 def knock_out(best: np.ndarray, best_fit: float, fitness) -> np.ndarray:
