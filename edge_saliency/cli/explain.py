@@ -46,6 +46,8 @@ def cmd_eval(args) -> int:
 
 
 def _common(p) -> None:
+    from edge_saliency.explain import decam  # add_parser imports the registry (and decam) already
+
     p.add_argument("--model", help="edge-saliency ONNX file, or any ONNX classifier (default: the pretrained EfficientNet-Lite0)")
     p.add_argument("--plain", action="store_true", help="treat --model as a plain classifier (float NCHW input, logits output)")
     p.add_argument("--mean", help="plain classifier: RGB mean on 0-255 (default ImageNet 123.675,116.28,103.53)")
@@ -61,7 +63,7 @@ def _common(p) -> None:
     p.add_argument("--grid", type=int, help="coarse mask grid of decam/maskopt/rise (default 5, refined to 10 halfway, for decam/maskopt; rise 7)")
     p.add_argument("--population", type=int, help="decam: population size (default 24)")
     p.add_argument("--generations", type=int, help="decam: generations (default: as many as --budget allows, else 1200 queries)")
-    p.add_argument("--de-strategy", choices=["current-to-pbest/1", "rand/1"],
+    p.add_argument("--de-strategy", choices=decam.STRATEGIES,
                    help="decam: DE mutation (default current-to-pbest/1; rand/1: classic DE)")
     p.add_argument("--no-prune", dest="prune", action="store_const", const=False,
                    help="decam: skip the final knock-out of cells that do not matter (saves 100-200 queries)")

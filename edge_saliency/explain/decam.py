@@ -125,16 +125,21 @@ class DECAMSettings:
                             "(clean image + one population)")
 
     @property
+    def images_per_member(self) -> int:
+        """Each member's preserved image, and its deleted one with the deletion term."""
+        return 2 if self.deletion > 0 else 1
+
+    @property
     def per_generation(self) -> int:
-        """Queries per scored population: each member's preserved image (and its deleted one)."""
-        return self.population * (2 if self.deletion > 0 else 1)
+        """Queries per scored population."""
+        return self.population * self.images_per_member
 
     @property
     def prune_queries(self) -> int:
         """Queries of the knock-out step: one variant of the best member per cell of the final grid."""
         if not self.prune:
             return 0
-        queries = max(self.grid, self.refine) ** 2 * (2 if self.deletion > 0 else 1)
+        queries = max(self.grid, self.refine) ** 2 * self.images_per_member
         if self.budget is not None and self.budget < 1 + 2 * self.per_generation + queries:
             return 0  # a budget too small for it and one generation: no knock-out (info "pruned_cells": None)
         return queries
@@ -326,7 +331,7 @@ def explain(classifier: Classifier, image: np.ndarray, class_index: int | None =
         mask = upsample(best.reshape(g, g), size)
     else:
         mask = elite_average(upsample(pop.reshape(-1, g, g), size), fit, s.elite)
-    if pruned is not None and pruned.size == g * g:
+    if pruned is not None:  # computed on the final grid g
         keep = upsample((~pruned).reshape(g, g).astype(np.float64), size, smooth=False)
         mask = mask * keep
     mask = smooth_map(mask, s.smooth, s.grid)
