@@ -67,6 +67,8 @@ def _common(p) -> None:
                    help="decam: DE mutation (default current-to-pbest/1; rand/1: classic DE)")
     p.add_argument("--no-prune", dest="prune", action="store_const", const=False,
                    help="decam: skip the final knock-out of cells that do not matter (saves 100-200 queries)")
+    p.add_argument("--de-boxes", type=float,
+                   help="decam: fraction of the first population that are random boxes, the rest noise (default 0.25; 0: all noise)")
     p.add_argument("--de-f", type=float, help="decam: differential weight F (default 0.5)")
     p.add_argument("--de-cr", type=float, help="decam: crossover rate CR (default 0.7)")
     p.add_argument("--sparsity", type=float, help="decam/maskopt: weight of the mask-size penalty (default 1.0)")

@@ -25,7 +25,11 @@ fine one places the mask's peak to a tenth of the image.
 
 Initialisation: member i is ``u_i * d_i`` with ``u_i ~ U(0, 1)^D`` and a density ``d_i`` spread
 evenly over [0.15, 1], so the first population spans sparse to dense masks; member 0 is the
-all-ones mask (the clean image), which keeps a high-scoring member from the start.
+all-ones mask (the clean image), which keeps a high-scoring member from the start. ``boxes``
+(25 %) of the members, the sparsest noise ones, are replaced by random boxes of cells (1 inside,
+0 outside, sides of 1 to grid - 1 cells): an object is compact, and for a weak class (p_c ~ 0.1)
+noise masks slide to the empty mask, whose fitness the area term makes hard to beat unless a
+member already keeps the object whole (benchmarks/results/blackbox_pointing.md).
 
 Strategy: **DE/current-to-pbest/1/bin** (JADE's mutation, Zhang & Sanderson 2009, without its
 parameter adaptation and archive): for each member x_i draw x_pbest from the best ``pbest`` (20 %)
@@ -45,9 +49,11 @@ and is zeroed in the map. Selection alone leaves such cells at whatever value th
 and one of them at the border was often the map's maximum (benchmarks/results/blackbox_pointing.md).
 
 The map is the **elite average**: the mean upsampled mask of the best ``elite`` fraction of the
-final population (``elite`` = 0: the single best member) times the knock-out's keep mask (cells
-that matter, bilinearly upsampled), blurred with a Gaussian of ``smooth`` (0.5) coarse cells,
-min-max normalised to [0, 1].
+final population (``elite`` = 0: the single best member) times the knock-out's weights (bilinearly
+upsampled): with ``importance`` (on) each cell's fitness drop when knocked out, divided by the
+largest drop (0 for pruned cells), so the map peaks where the class depends on the mask most, not
+on a margin cell the mask merely holds; without it 1 for cells that matter, 0 for pruned ones.
+Then blurred with a Gaussian of ``smooth`` (0.5) coarse cells, min-max normalised to [0, 1].
 
 Seeding: the RNG is seeded with ``seed`` only (not with the image), so a re-run on ``image * map``
 (ADCC's Coherency) draws the same initial population and mutations; differences in the map then
@@ -94,6 +100,8 @@ class DECAMSettings:
     strategy: str = "current-to-pbest/1"  # DE mutation: "rand/1" (Storn & Price) or "current-to-pbest/1" (JADE, Zhang & Sanderson)
     pbest: float = 0.2  # current-to-pbest: the best fraction of the population one is drawn from
     prune: bool = True  # after the search, knock out each cell of the best member once; zero those that do not matter
+    importance: bool = True  # weigh the map's cells by their knock-out fitness drop (not 0/1 kept)
+    boxes: float = 0.25  # fraction of the initial population that are random axis-aligned boxes (the rest uniform noise)
 
     def check(self) -> None:
         if self.grid < 1:
@@ -112,6 +120,8 @@ class DECAMSettings:
             raise UserError(f"DE-CAM's strategy must be one of {', '.join(STRATEGIES)}, not {self.strategy!r}")
         if not 0 < self.pbest <= 1:
             raise UserError("DE-CAM's pbest fraction must be in (0, 1]")
+        if not 0 <= self.boxes <= 1:
+            raise UserError("DE-CAM's boxes fraction must be in [0, 1]")
         if self.fill not in FILLS:
             raise UserError(f"DE-CAM's fill must be one of {', '.join(FILLS)}, not {self.fill!r}")
         if not 0 <= self.area < 1 or self.area_weight < 0:
@@ -194,12 +204,30 @@ def smooth_map(mask: np.ndarray, sigma_cells: float, grid: int) -> np.ndarray:
     return cv2.GaussianBlur(mask.astype(np.float32), (0, 0), sigma)
 
 
-def initial_population(rng: np.random.Generator, n: int, d: int, low: float = 0.15) -> np.ndarray:
-    """[n, d] in [0, 1]: row 0 all ones, the others uniform noise scaled by densities in [low, 1]."""
+def initial_population(rng: np.random.Generator, n: int, grid: int, boxes: float = 0.0, low: float = 0.15) -> np.ndarray:
+    """[n, grid*grid] in [0, 1]: row 0 all ones, the others uniform noise scaled by densities in
+    [low, 1]; with ``boxes``, that fraction of the members (the sparsest noise ones, never row 0)
+    are random boxes instead (``box_members``)."""
+    d = grid * grid
     dens = np.linspace(1.0, low, n)[:, None]
     pop = rng.random((n, d)) * dens
     pop[0] = 1.0
+    k = min(n - 1, int(round(boxes * n)))
+    if k:
+        pop[n - k:] = box_members(rng, k, grid)
     return pop
+
+
+def box_members(rng: np.random.Generator, n: int, grid: int) -> np.ndarray:
+    """[n, grid*grid]: masks that are 1 on a random axis-aligned box of cells and 0 elsewhere; sides
+    uniform in 1..grid-1 cells, positions uniform among those that fit."""
+    out = np.zeros((n, grid, grid))
+    top = max(1, grid - 1)
+    for k in range(n):
+        h, w = rng.integers(1, top + 1, size=2)
+        y, x = rng.integers(0, grid - h + 1), rng.integers(0, grid - w + 1)
+        out[k, y:y + h, x:x + w] = 1.0
+    return out.reshape(n, -1)
 
 
 def elite_average(masks: np.ndarray, fit: np.ndarray, elite: float) -> np.ndarray:
@@ -250,13 +278,13 @@ def de_current_to_pbest_1_bin(pop: np.ndarray, fit: np.ndarray, F: float, CR: fl
 
 def knock_out(best: np.ndarray, best_fit: float, fitness) -> np.ndarray:
     """The memetic step: ``best`` [D] with each cell set to 0 in turn, all D variants scored in one
-    call; a cell whose knock-out does not lower the fitness (the area term then raises it) does not
-    matter to the class. Returns a bool [D], True where the cell is pruned (a cell already at 0 scores
-    the same and is marked pruned: it is 0 in the map anyway)."""
+    call. Returns each cell's fitness drop [D] (best_fit minus the variant's fitness): a cell whose
+    drop is <= 0 (its knock-out does not lower the fitness; the area term then raises it) does not
+    matter to the class and is pruned (a cell already at 0 has drop 0: it is 0 in the map anyway)."""
     d = best.size
     variants = np.repeat(best[None], d, axis=0)
     variants[np.arange(d), np.arange(d)] = 0.0
-    return fitness(variants) >= best_fit
+    return best_fit - fitness(variants)
 
 
 def explain(classifier: Classifier, image: np.ndarray, class_index: int | None = None,
@@ -288,8 +316,8 @@ def explain(classifier: Classifier, image: np.ndarray, class_index: int | None =
         score = scorer.probs(apply_masks(image, masks, fill), cls)
         return score / unit - prior, score
 
-    pop = initial_population(rng, s.population, d)
-    pruned = None  # cells the knock-out step found not to matter (bool [d]), when it ran
+    pop = initial_population(rng, s.population, g, s.boxes)
+    pruned = drops = None  # the knock-out's fitness drops [d] and the cells found not to matter, when it ran
     interrupted = False
     history = []
     fit = score = None
@@ -314,7 +342,8 @@ def explain(classifier: Classifier, image: np.ndarray, class_index: int | None =
             pop[better], fit[better], score[better] = trial[better], tfit[better], tscore[better]
             history.append(float(fit.max()))
         if s.prune_queries and fit is not None:
-            pruned = knock_out(pop[int(np.argmax(fit))], float(fit.max()), lambda m: fitness(m)[0])
+            drops = knock_out(pop[int(np.argmax(fit))], float(fit.max()), lambda m: fitness(m)[0])
+            pruned = drops <= 0
     except KeyboardInterrupt:
         interrupted = True
     except BudgetExhausted:
@@ -332,12 +361,13 @@ def explain(classifier: Classifier, image: np.ndarray, class_index: int | None =
     else:
         mask = elite_average(upsample(pop.reshape(-1, g, g), size), fit, s.elite)
     if pruned is not None:  # computed on the final grid g
-        keep = upsample((~pruned).reshape(g, g).astype(np.float64), size, smooth=False)
+        weight = np.clip(drops, 0, None) / max(drops.max(), 1e-12) if s.importance else (~pruned).astype(np.float64)
+        keep = upsample(weight.reshape(g, g), size, smooth=False)
         mask = mask * keep
     mask = smooth_map(mask, s.smooth, s.grid)
     info = {"settings": {k: getattr(s, k) for k in ("grid", "population", "generations", "F", "CR", "sparsity", "elite",
                                                     "seed", "budget", "fill", "deletion", "refine", "refine_from",
-                                                    "smooth", "relative", "area", "area_weight", "strategy", "pbest", "prune")},
+                                                    "smooth", "relative", "area", "area_weight", "strategy", "pbest", "prune", "boxes", "importance")},
             "strategy": f"DE/{s.strategy}/bin", "map": "elite average" if s.elite > 0 else "best member",
             "generations_run": max(0, len(history) - 1),
             "refined_at": switch + 1 if 0 <= switch < len(history) - 1 else None,  # index in fitness_history

@@ -90,7 +90,7 @@ def method_settings(args, names: list[str]) -> dict:
                             ("de_f", "F"), ("de_cr", "CR"), ("sparsity", "sparsity"), ("masks", "masks"),
                             ("opt_steps", "steps"), ("pairs", "pairs"), ("keep", "keep"),
                             ("fill", "fill"), ("refine", "refine"), ("de_strategy", "strategy"),
-                            ("prune", "prune")):
+                            ("prune", "prune"), ("de_boxes", "boxes")):
             v = getattr(args, flag, None)
             if v is not None and hasattr(st, field):
                 st = replace(st, **{field: v})

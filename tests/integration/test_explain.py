@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -84,12 +85,32 @@ def test_knock_out_prunes_the_cells_the_fitness_does_not_need():
         return members[:, 0] + members[:, 3] - 0.1 * members.mean(axis=1)
 
     best = np.array([1.0, 0.7, 0.0, 0.9, 0.4])
-    pruned = decam.knock_out(best, float(fitness(best[None])[0]), fitness)
-    assert pruned.tolist() == [False, True, True, False, True]
+    drops = decam.knock_out(best, float(fitness(best[None])[0]), fitness)
+    assert (drops <= 0).tolist() == [False, True, True, False, True]
+    np.testing.assert_allclose(drops, [1 - 0.1 / 5, -0.7 * 0.1 / 5, 0, 0.9 - 0.09 / 5, -0.4 * 0.1 / 5])
+
+
+def test_box_members_are_one_on_a_single_box_of_cells():
+    members = decam.box_members(np.random.default_rng(0), 200, 5).reshape(-1, 5, 5)
+    sides = set()
+    for m in members:
+        rows, cols = np.nonzero(m.any(axis=1))[0], np.nonzero(m.any(axis=0))[0]
+        box = np.zeros_like(m)
+        box[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1] = 1.0
+        np.testing.assert_array_equal(m, box)  # exactly the filled bounding box: one rectangle, values 0 or 1
+        sides |= {len(rows), len(cols)}
+    assert sides == {1, 2, 3, 4}  # every side from one cell to grid - 1 occurs, never the whole image
+    pop = decam.initial_population(np.random.default_rng(0), 8, 5, boxes=0.25)
+    plain = decam.initial_population(np.random.default_rng(0), 8, 5)
+    np.testing.assert_array_equal(pop[:6], plain[:6])  # the same noise members, the last two replaced
+    assert set(np.unique(pop[6:])) == {0.0, 1.0} and (pop[0] == 1).all()
+    assert len(np.unique(decam.initial_population(np.random.default_rng(0), 4, 5, boxes=1.0)[0])) == 1  # row 0 stays
+    with pytest.raises(UserError, match="boxes fraction must be in"):
+        decam.DECAMSettings(boxes=1.5).check()
 
 
 def test_decam_prune_reserves_its_queries_and_zeroes_cells_outside_the_evidence():
-    s = decam.DECAMSettings(grid=4, refine=0, population=8, budget=200, seed=2, fill="black", prune=True)
+    s = decam.DECAMSettings(grid=4, refine=0, population=8, budget=200, seed=2, fill="black", prune=True, importance=False)
     assert s.prune_queries == 2 * 16 and s.planned_queries() <= 200
     clf = BoxClassifier()
     r = decam.explain(clf, toy_image(), settings=s, progress=False)
@@ -100,6 +121,12 @@ def test_decam_prune_reserves_its_queries_and_zeroes_cells_outside_the_evidence(
     plain = decam.explain(BoxClassifier(), toy_image(), settings=decam.DECAMSettings(
         grid=4, refine=0, population=8, budget=200, seed=2, fill="black", prune=False), progress=False)
     assert inside_outside(plain.saliency)[1] > outside  # the pruned map is cleaner outside the box
+    weighed = decam.explain(BoxClassifier(), toy_image(), settings=replace(s, importance=True), progress=False)
+    assert weighed.queries == r.queries and weighed.info["pruned_cells"] == r.info["pruned_cells"]  # same search
+    w_in, w_out = inside_outside(weighed.saliency)
+    assert w_in > w_out + 0.3 and not np.array_equal(weighed.saliency, r.saliency)
+    y, x = np.unravel_index(int(np.argmax(weighed.saliency)), weighed.saliency.shape)
+    assert BOX[0].start <= y < BOX[0].stop and BOX[1].start <= x < BOX[1].stop
     small = decam.DECAMSettings(grid=4, population=8, budget=100, prune=True)  # 1 + 2 * 16 + 200 > 100
     assert small.prune_queries == 0 and small.planned_queries() <= 100
     r = decam.explain(BoxClassifier(), toy_image(), settings=small, progress=False)
@@ -145,6 +172,7 @@ def test_decam_fills_the_budget_without_going_over_and_elite_averages():
     assert r.queries == 1 + 16 * 6 <= 101 and sum(clf.batch_sizes) == r.queries
     assert r.info["generations_run"] == 5 and r.info["map"] == "elite average"
     pop = decam.initial_population(np.random.default_rng(0), 10, 5)
+    assert pop.shape == (10, 25)
     assert (pop[0] == 1).all() and pop.min() >= 0 and pop.max() <= 1
     masks = np.arange(4, dtype=float)[:, None] * np.ones((4, 3))
     np.testing.assert_allclose(decam.elite_average(masks, np.array([0.1, 0.9, 0.5, 0.2]), 0.5), np.full(3, 1.5))
@@ -253,7 +281,7 @@ def cli(*args, cwd=None):
                           timeout=120)
 
 
-@pytest.mark.parametrize("case", ["missing", "unreadable", "method", "class"])
+@pytest.mark.parametrize("case", ["missing", "unreadable", "method", "class", "boxes"])
 def test_cli_errors_are_one_line(case, tmp_path, lite0_onnx):
     bad = tmp_path / "notes.jpg"
     bad.write_text("not an image")
@@ -262,12 +290,14 @@ def test_cli_errors_are_one_line(case, tmp_path, lite0_onnx):
         "unreadable": ["explain", str(bad)],
         "method": ["explain", "sample:coffee", "--method", "decam,telepathy"],
         "class": ["explain", "sample:coffee", "--method", "rise", "--class", "flying saucer"],
+        "boxes": ["explain", "sample:coffee", "--method", "decam", "--de-boxes", "1.5"],
     }[case]
     r = cli(*args, "--model", str(lite0_onnx), "--out", str(tmp_path / "maps"))
     assert r.returncode != 0
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("edge-saliency: error:"), r.stderr
-    assert {"missing": "not found", "unreadable": "cannot read", "method": "telepathy", "class": "flying saucer"}[case] in lines[0]
+    assert {"missing": "not found", "unreadable": "cannot read", "method": "telepathy", "class": "flying saucer",
+            "boxes": "boxes fraction must be in [0, 1]"}[case] in lines[0]
 
 
 def test_cli_explain_writes_overlay_map_and_summary(tmp_path, lite0_onnx):
