@@ -10,8 +10,9 @@ smaller object of another class (a distractor) is pasted where it does not overl
 The explained class is the object's class (its box is the ground truth), not the scene's top-1;
 a scene is kept only when that class is in the model's top 5 on the scene (else the next draw
 of the same seed's generator is taken), so every scene has evidence to find. Scene ``i`` of the
-tuning split comes from seed ``1000 + i``, of the held-out split from ``5000 + i``; the methods'
-settings were tuned on the tuning split only.
+tuning split comes from seed ``1000 + i`` (32 scenes), of the held-out split from ``9000 + i``
+(48: scenes 0-23 were first run on 2026-12-02 morning, 24-47 added and first run with DE-CAM's
+boxes and drop weights); the methods' settings were tuned on the tuning split only.
 
 Pointing game (Zhang et al. 2016): a hit when the map's maximum, resized bilinearly to the
 scene's 448 x 448 pixels, lies inside the object's box or within 15 px of it
@@ -28,8 +29,8 @@ The black-box methods query the same model pruned to its logits (``bench.runner.
 the same numbers, a quarter faster); Recipro-CAM and Grad-CAM come from the full export with the
 class input. Usage (1 ORT thread):
 
-    python benchmarks/blackbox_pointing.py --model /tmp/i17/all.onnx --threads 1
-    python benchmarks/blackbox_pointing.py --split tuning --methods decam --budget 1000 --no-write
+    python benchmarks/blackbox_pointing.py --model /tmp/i17/all.onnx --threads 1 --split heldout --budget 1200
+    python benchmarks/blackbox_pointing.py --split tuning --methods decam --budget 1200 --set decam.seed=1 --no-write
 """
 from __future__ import annotations
 
@@ -241,8 +242,8 @@ def main() -> int:
     ap.add_argument("--model", help="edge-saliency export with --methods all --class-input (default: export one)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--split", choices=["tuning", "heldout", "both"], default="both")
-    ap.add_argument("--n-tuning", type=int, default=16)
-    ap.add_argument("--n-heldout", type=int, default=24)
+    ap.add_argument("--n-tuning", type=int, default=32)
+    ap.add_argument("--n-heldout", type=int, default=48)
     ap.add_argument("--methods", default="centre,recipro,gradcam,decam,maskopt")
     ap.add_argument("--budget", type=int, default=2000, help="max queries per black-box map (default %(default)s)")
     ap.add_argument("--keep", type=float, default=0.25)
