@@ -317,7 +317,7 @@ def explain(classifier: Classifier, image: np.ndarray, class_index: int | None =
         return score / unit - prior, score
 
     pop = initial_population(rng, s.population, g, s.boxes)
-    pruned = drops = None  # the knock-out's fitness drops [d] and the cells found not to matter, when it ran
+    drops = None  # the knock-out's fitness drops [d] (<= 0: a cell that does not matter), when it ran
     interrupted = False
     history = []
     fit = score = None
@@ -343,7 +343,6 @@ def explain(classifier: Classifier, image: np.ndarray, class_index: int | None =
             history.append(float(fit.max()))
         if s.prune_queries and fit is not None:
             drops = knock_out(pop[int(np.argmax(fit))], float(fit.max()), lambda m: fitness(m)[0])
-            pruned = drops <= 0
     except KeyboardInterrupt:
         interrupted = True
     except BudgetExhausted:
@@ -360,8 +359,8 @@ def explain(classifier: Classifier, image: np.ndarray, class_index: int | None =
         mask = upsample(best.reshape(g, g), size)
     else:
         mask = elite_average(upsample(pop.reshape(-1, g, g), size), fit, s.elite)
-    if pruned is not None:  # computed on the final grid g
-        weight = np.clip(drops, 0, None) / max(drops.max(), 1e-12) if s.importance else (~pruned).astype(np.float64)
+    if drops is not None:  # computed on the final grid g
+        weight = np.clip(drops, 0, None) / max(drops.max(), 1e-12) if s.importance else (drops > 0).astype(np.float64)
         keep = upsample(weight.reshape(g, g), size, smooth=False)
         mask = mask * keep
     mask = smooth_map(mask, s.smooth, s.grid)
@@ -373,6 +372,6 @@ def explain(classifier: Classifier, image: np.ndarray, class_index: int | None =
             "refined_at": switch + 1 if 0 <= switch < len(history) - 1 else None,  # index in fitness_history
             "best_fitness": best_fit, "best_masked_score": best_score, "best_mask_mean": float(best.mean()),
             "fitness_history": history, "clean_score": p_clean,
-            "pruned_cells": None if pruned is None else int(pruned.sum())}
+            "pruned_cells": None if drops is None else int((drops <= 0).sum())}
     return make_explanation(classifier, "decam", minmax(mask), cls, probs, scorer, time.perf_counter() - t0,
                             interrupted, info)
