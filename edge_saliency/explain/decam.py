@@ -68,7 +68,7 @@ with the deletion term, else 1.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import numpy as np
 
@@ -364,9 +364,7 @@ def explain(classifier: Classifier, image: np.ndarray, class_index: int | None =
         keep = upsample(weight.reshape(g, g), size, smooth=False)
         mask = mask * keep
     mask = smooth_map(mask, s.smooth, s.grid)
-    info = {"settings": {k: getattr(s, k) for k in ("grid", "population", "generations", "F", "CR", "sparsity", "elite",
-                                                    "seed", "budget", "fill", "deletion", "refine", "refine_from",
-                                                    "smooth", "relative", "area", "area_weight", "strategy", "pbest", "prune", "boxes", "importance")},
+    info = {"settings": asdict(s),
             "strategy": f"DE/{s.strategy}/bin", "map": "elite average" if s.elite > 0 else "best member",
             "generations_run": max(0, len(history) - 1),
             "refined_at": switch + 1 if 0 <= switch < len(history) - 1 else None,  # index in fitness_history
